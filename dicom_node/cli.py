@@ -1,0 +1,120 @@
+"""``m2unet-node``: a thin argparse front; every subcommand delegates to one module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dicom_node.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2unet-node",
+        description="DICOM node: COVID-19 severity and lung lobes from chest CT (M2UNet).",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the node in the foreground (SCP, assembler, pipeline, sender)")
+    sub.add_parser("check-config", help="validate the config file; exit 2 on problems")
+
+    ae = sub.add_parser("ae", help="scanners allowed to send ([[sources]])")
+    ae_sub = ae.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ae_sub.add_parser("list", help="list allowed sources")
+    ae_add = ae_sub.add_parser("add", help="allow a source")
+    ae_add.add_argument("ae_title", metavar="AE_TITLE")
+    ae_add.add_argument("--host", help="the peer address must match too")
+    ae_remove = ae_sub.add_parser("remove", help="remove a source")
+    ae_remove.add_argument("ae_title", metavar="AE_TITLE")
+
+    dest = sub.add_parser("dest", help="where results are sent ([[destinations]])")
+    dest_sub = dest.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dest_sub.add_parser("list", help="list destinations")
+    dest_add = dest_sub.add_parser("add", help="add a destination")
+    dest_add.add_argument("name", metavar="NAME")
+    dest_add.add_argument("ae_title", metavar="AE_TITLE")
+    dest_add.add_argument("host", metavar="HOST")
+    dest_add.add_argument("port", metavar="PORT")
+    dest_remove = dest_sub.add_parser("remove", help="remove a destination")
+    dest_remove.add_argument("name", metavar="NAME")
+    dest_echo = dest_sub.add_parser("echo", help="send a C-ECHO to a destination")
+    dest_echo.add_argument("name", metavar="NAME")
+
+    process = sub.add_parser("process", help="run the pipeline offline on a folder holding one CT series")
+    process.add_argument("series_dir", metavar="SERIES_DIR")
+    process.add_argument("--out", required=True, metavar="OUT_DIR", help="where seg.dcm and sr.dcm go")
+    process.add_argument("--weights", help="weights file (default: [model] weights of the config)")
+    process.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: [model] device)")
+
+    status = sub.add_parser("status", help="series received, queued, running, done, failed; pending deliveries")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("send-demo", help="generate a synthetic chest CT and C-STORE it to a node")
+    demo.add_argument("--host", default=None, help="node address (default: from the config, else 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=None, help="node port (default: [node] port)")
+    demo.add_argument("--called-ae", default=None, help="node AE title (default: [node] ae_title)")
+    demo.add_argument("--calling-ae", default=None, help="our AE title (default: the first [[sources]])")
+    demo.add_argument("--seed", type=int, default=0, help="phantom seed")
+    demo.add_argument("--slices", type=int, default=None, help="number of slices (default: the phantom's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "run":
+        from dicom_node.node import run_node
+
+        return run_node(args.config)
+    if cmd == "check-config":
+        from dicom_node.admin import check_config
+
+        return check_config(args.config)
+    if cmd == "ae":
+        from dicom_node import admin
+
+        if args.action == "list":
+            return admin.ae_list(args.config)
+        if args.action == "add":
+            return admin.ae_add(args.config, args.ae_title, host=args.host)
+        return admin.ae_remove(args.config, args.ae_title)
+    if cmd == "dest":
+        from dicom_node import admin
+
+        if args.action == "list":
+            return admin.dest_list(args.config)
+        if args.action == "add":
+            return admin.dest_add(args.config, args.name, args.ae_title, args.host, args.port)
+        if args.action == "remove":
+            return admin.dest_remove(args.config, args.name)
+        return admin.dest_echo(args.config, args.name)
+    if cmd == "process":
+        from dicom_node.offline import process_series
+
+        return process_series(args.series_dir, args.out, config_path=args.config, weights=args.weights, device=args.device)
+    if cmd == "status":
+        from dicom_node.status import print_status
+
+        return print_status(args.config, as_json=args.json)
+    if cmd == "send-demo":
+        from dicom_node.demo import send_demo
+
+        return send_demo(
+            args.config,
+            host=args.host,
+            port=args.port,
+            called_ae=args.called_ae,
+            calling_ae=args.calling_ae,
+            seed=args.seed,
+            slices=args.slices,
+        )
+    raise AssertionError(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

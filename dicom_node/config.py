@@ -1,0 +1,127 @@
+"""The node's configuration: the TOML file of INTERFACES.md read into frozen dataclasses.
+
+Where the file lives: ``--config PATH``, else ``$M2UNET_CONFIG``, else ``config/node.toml``.
+Relative paths in the file (``data_dir``, ``weights``) are taken relative to the current directory
+(the repository root under ``make run``), then to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG_PATH = Path("config/node.toml")
+CONFIG_ENV = "M2UNET_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "M2UNET"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: Path = Path("var")
+    series_timeout: float = 30.0
+    reject_unknown_sources: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights: Path | None = None  # None: the shipped weights
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Source:
+    ae_title: str
+    host: str | None = None
+    series_timeout: float | None = None  # per-source override of [node] series_timeout
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sources: tuple[Source, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    path: Path | None = None  # the file it was read from
+    raw: dict = field(default_factory=dict, compare=False, repr=False)  # the whole parsed TOML
+
+
+def resolve_config_path(cli_path: str | os.PathLike | None) -> Path:
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def _resolve_path(value: str, config_dir: Path) -> Path:
+    p = Path(value).expanduser()
+    if p.is_absolute() or (Path.cwd() / p).exists() or not (config_dir / p).exists():
+        return p if p.is_absolute() else Path.cwd() / p
+    return config_dir / p
+
+
+def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
+    """Build a :class:`NodeConfig` from a parsed TOML document (values assumed validated)."""
+    config_dir = path.parent if path else Path.cwd()
+    n = doc.get("node", {})
+    node = NodeSettings(
+        ae_title=n.get("ae_title", NodeSettings.ae_title),
+        host=n.get("host", NodeSettings.host),
+        port=int(n.get("port", NodeSettings.port)),
+        data_dir=_resolve_path(n.get("data_dir", "var"), config_dir),
+        series_timeout=float(n.get("series_timeout", NodeSettings.series_timeout)),
+        reject_unknown_sources=bool(n.get("reject_unknown_sources", True)),
+    )
+    m = doc.get("model", {})
+    weights = m.get("weights")
+    model = ModelSettings(
+        weights=_resolve_path(weights, config_dir) if weights else None,
+        device=m.get("device", "auto"),
+    )
+    sources = tuple(
+        Source(ae_title=s["ae_title"], host=s.get("host") or None, series_timeout=s.get("series_timeout"))
+        for s in doc.get("sources", [])
+    )
+    destinations = tuple(
+        Destination(name=d["name"], ae_title=d["ae_title"], host=d["host"], port=int(d["port"]))
+        for d in doc.get("destinations", [])
+    )
+    return NodeConfig(node=node, model=model, sources=sources, destinations=destinations, path=path, raw=doc)
+
+
+def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
+    """Read, validate and parse the config file; raise :class:`ConfigError` listing every problem."""
+    p = resolve_config_path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {p}: {exc.strerror or exc}"]) from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config: {p} is not valid TOML: {exc}"]) from exc
+    from dicom_node.config_validation import validate_config
+
+    problems = validate_config(doc)
+    if problems:
+        raise ConfigError([str(problem) for problem in problems])
+    return parse_config(doc, p)
