@@ -32,12 +32,34 @@ class NodeSettings:
     data_dir: Path = Path("var")
     series_timeout: float = 30.0
     reject_unknown_sources: bool = True
+    accept_other_storage: bool = False  # non-CT storage classes: False refuses them, True stores and ignores
+    log_format: str = "auto"  # auto (console on a terminal, JSON otherwise) | console | json
 
 
 @dataclass(frozen=True)
 class ModelSettings:
     weights: Path | None = None  # None: the shipped weights
     device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # peers' certificates are verified against these
+    require_client_certificate: bool = True
+
+
+@dataclass(frozen=True)
+class ResultsSettings:
+    summary_image: bool = True  # a Secondary Capture with key slices for viewers without SEG/SR
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    retry_initial: float = 5.0  # seconds before the first retry; doubles after each failure
+    retry_max: float = 300.0  # cap of the delay between retries
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,9 @@ class NodeConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     sources: tuple[Source, ...] = ()
     destinations: tuple[Destination, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
+    sender: SenderSettings = field(default_factory=SenderSettings)
     path: Path | None = None  # the file it was read from
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the whole parsed TOML
 
@@ -90,6 +115,23 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         data_dir=_resolve_path(n.get("data_dir", "var"), config_dir),
         series_timeout=float(n.get("series_timeout", NodeSettings.series_timeout)),
         reject_unknown_sources=bool(n.get("reject_unknown_sources", True)),
+        accept_other_storage=bool(n.get("accept_other_storage", False)),
+        log_format=n.get("log_format", "auto"),
+    )
+    t = doc.get("tls", {})
+    tls = TlsSettings(
+        enabled=bool(t.get("enabled", False)),
+        certificate=_resolve_path(t["certificate"], config_dir) if t.get("certificate") else None,
+        private_key=_resolve_path(t["private_key"], config_dir) if t.get("private_key") else None,
+        ca_certificates=_resolve_path(t["ca_certificates"], config_dir) if t.get("ca_certificates") else None,
+        require_client_certificate=bool(t.get("require_client_certificate", True)),
+    )
+    r = doc.get("results", {})
+    results = ResultsSettings(summary_image=bool(r.get("summary_image", True)))
+    snd = doc.get("sender", {})
+    sender = SenderSettings(
+        retry_initial=float(snd.get("retry_initial", SenderSettings.retry_initial)),
+        retry_max=float(snd.get("retry_max", SenderSettings.retry_max)),
     )
     m = doc.get("model", {})
     weights = m.get("weights")
@@ -105,7 +147,17 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         Destination(name=d["name"], ae_title=d["ae_title"], host=d["host"], port=int(d["port"]))
         for d in doc.get("destinations", [])
     )
-    return NodeConfig(node=node, model=model, sources=sources, destinations=destinations, path=path, raw=doc)
+    return NodeConfig(
+        node=node,
+        model=model,
+        sources=sources,
+        destinations=destinations,
+        tls=tls,
+        results=results,
+        sender=sender,
+        path=path,
+        raw=doc,
+    )
 
 
 def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
