@@ -8,53 +8,122 @@ import sys
 from dicom_node.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 
+EPILOG = f"""\
+config file: --config PATH (before or after the command), else ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH}.
+exit status: 0 done; 1 the operation failed (e.g. a C-ECHO); 2 invalid config or argument,
+with each problem on its own line on standard error as "key = value: why".
+
+first steps:
+  m2unet-node check-config          validate the config
+  m2unet-node run                   start the node (Ctrl-C stops it)
+  m2unet-node send-demo             in a second terminal: send a synthetic chest CT
+  m2unet-node status                what was received, processed and delivered
+"""
+
+RELOAD_NOTE = (
+    "The file is edited in place (comments and order kept) after validating the result; "
+    "a running node applies the change within a few seconds, or at once on SIGHUP: no restart."
+)
+
+
+def _config_option() -> argparse.ArgumentParser:
+    """``--config`` accepted after the command too (``m2unet-node ae list --config x.toml``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="config file (see m2unet-node --help)")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="m2unet-node",
         description="DICOM node: COVID-19 severity and lung lobes from chest CT (M2UNet).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
         metavar="PATH",
         help=f"config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
+    common = [_config_option()]
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="run the node in the foreground (SCP, assembler, pipeline, sender)")
-    sub.add_parser("check-config", help="validate the config file; exit 2 on problems")
+    sub.add_parser(
+        "run",
+        parents=common,
+        help="run the node in the foreground (SCP, assembler, pipeline, sender)",
+        description="Run the node in the foreground: receive, assemble series, run M2UNet, send results. "
+        "SIGTERM or Ctrl-C stops it cleanly; SIGHUP re-reads the config.",
+    )
+    sub.add_parser(
+        "check-config",
+        parents=common,
+        help="validate the config file; exit 2 on problems",
+        description="Validate the whole config file: exit 0 with a summary, or print each problem "
+        'on its own line ("key = value: why") and exit 2.',
+    )
 
-    ae = sub.add_parser("ae", help="scanners allowed to send ([[sources]])")
+    ae = sub.add_parser(
+        "ae",
+        parents=common,
+        help="scanners allowed to send ([[sources]])",
+        description="The scanners allowed to send to the node ([[sources]]). " + RELOAD_NOTE,
+    )
     ae_sub = ae.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ae_sub.add_parser("list", help="list allowed sources")
-    ae_add = ae_sub.add_parser("add", help="allow a source")
-    ae_add.add_argument("ae_title", metavar="AE_TITLE")
-    ae_add.add_argument("--host", help="the peer address must match too")
-    ae_remove = ae_sub.add_parser("remove", help="remove a source")
+    ae_sub.add_parser("list", parents=common, help="list allowed sources")
+    ae_add = ae_sub.add_parser(
+        "add", parents=common, help="allow a source", description="Allow a calling AE title to send. " + RELOAD_NOTE
+    )
+    ae_add.add_argument("ae_title", metavar="AE_TITLE", help="the scanner's calling AE title (1-16 characters)")
+    ae_add.add_argument("--host", help="IP address or host name the association must also come from (default: any)")
+    ae_remove = ae_sub.add_parser(
+        "remove",
+        parents=common,
+        help="remove a source",
+        description="Remove every [[sources]] entry with this AE title. " + RELOAD_NOTE,
+    )
     ae_remove.add_argument("ae_title", metavar="AE_TITLE")
 
-    dest = sub.add_parser("dest", help="where results are sent ([[destinations]])")
+    dest = sub.add_parser(
+        "dest",
+        parents=common,
+        help="where results are sent ([[destinations]])",
+        description="Where SEG, SR and summary images are sent ([[destinations]]). " + RELOAD_NOTE,
+    )
     dest_sub = dest.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dest_sub.add_parser("list", help="list destinations")
-    dest_add = dest_sub.add_parser("add", help="add a destination")
-    dest_add.add_argument("name", metavar="NAME")
-    dest_add.add_argument("ae_title", metavar="AE_TITLE")
-    dest_add.add_argument("host", metavar="HOST")
-    dest_add.add_argument("port", metavar="PORT")
-    dest_remove = dest_sub.add_parser("remove", help="remove a destination")
+    dest_sub.add_parser("list", parents=common, help="list destinations")
+    dest_add = dest_sub.add_parser(
+        "add", parents=common, help="add a destination", description="Add a destination for results. " + RELOAD_NOTE
+    )
+    dest_add.add_argument("name", metavar="NAME", help="a short name (letters, digits, '_', '.', '-')")
+    dest_add.add_argument("ae_title", metavar="AE_TITLE", help="the destination's AE title")
+    dest_add.add_argument("host", metavar="HOST", help="its IP address or host name")
+    dest_add.add_argument("port", metavar="PORT", help="its DICOM port (1-65535)")
+    dest_remove = dest_sub.add_parser("remove", parents=common, help="remove a destination")
     dest_remove.add_argument("name", metavar="NAME")
-    dest_echo = dest_sub.add_parser("echo", help="send a C-ECHO to a destination")
+    dest_echo = dest_sub.add_parser(
+        "echo",
+        parents=common,
+        help="send a C-ECHO to a destination",
+        description="Open an association from the node's AE title and send a C-ECHO: "
+        "exit 0 on success, 1 with the reason (refused, rejected, timeout) otherwise.",
+    )
     dest_echo.add_argument("name", metavar="NAME")
 
-    process = sub.add_parser("process", help="run the pipeline offline on a folder holding one CT series")
+    process = sub.add_parser(
+        "process", parents=common, help="run the pipeline offline on a folder holding one CT series"
+    )
     process.add_argument("series_dir", metavar="SERIES_DIR")
     process.add_argument("--out", required=True, metavar="OUT_DIR", help="where seg.dcm and sr.dcm go")
     process.add_argument("--weights", help="weights file (default: [model] weights of the config)")
     process.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: [model] device)")
 
-    status = sub.add_parser("status", help="series received, queued, running, done, failed; pending deliveries")
+    status = sub.add_parser(
+        "status", parents=common, help="series received, queued, running, done, failed; pending deliveries"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    demo = sub.add_parser("send-demo", help="generate a synthetic chest CT and C-STORE it to a node")
+    demo = sub.add_parser("send-demo", parents=common, help="generate a synthetic chest CT and C-STORE it to a node")
     demo.add_argument("--host", default=None, help="node address (default: from the config, else 127.0.0.1)")
     demo.add_argument("--port", type=int, default=None, help="node port (default: [node] port)")
     demo.add_argument("--called-ae", default=None, help="node AE title (default: [node] ae_title)")

@@ -140,7 +140,11 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         device=m.get("device", "auto"),
     )
     sources = tuple(
-        Source(ae_title=s["ae_title"], host=s.get("host") or None, series_timeout=s.get("series_timeout"))
+        Source(
+            ae_title=s["ae_title"],
+            host=s.get("host") or None,
+            series_timeout=float(s["series_timeout"]) if s.get("series_timeout") is not None else None,
+        )
         for s in doc.get("sources", [])
     )
     destinations = tuple(
@@ -160,20 +164,33 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
     )
 
 
-def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
-    """Read, validate and parse the config file; raise :class:`ConfigError` listing every problem."""
-    p = resolve_config_path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"config: cannot read {p}: {exc.strerror or exc}"]) from exc
+def config_from_text(text: str, path: Path | None = None) -> NodeConfig:
+    """Validate and parse the text of a config file; raise :class:`ConfigError` listing every problem."""
+    where = path if path is not None else "config"
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config: {p} is not valid TOML: {exc}"]) from exc
+        raise ConfigError([f"config: {where} is not valid TOML: {exc}"]) from exc
     from dicom_node.config_validation import validate_config
 
-    problems = validate_config(doc)
+    problems = validate_config(doc, config_dir=path.parent if path is not None else None)
     if problems:
         raise ConfigError([str(problem) for problem in problems])
-    return parse_config(doc, p)
+    return parse_config(doc, path)
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; :class:`ConfigError` when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # line ends as they are (edits keep them)
+            return f.read()
+    except OSError as exc:
+        raise ConfigError([f"config: cannot read {path}: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config: {path} is not UTF-8 text: {exc}"]) from exc
+
+
+def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
+    """Read, validate and parse the config file; raise :class:`ConfigError` listing every problem."""
+    p = resolve_config_path(path)
+    return config_from_text(read_config_text(p), p)

@@ -1,31 +1,334 @@
-"""Validation of the config document: one :class:`Problem` per bad key (key, value, why).
+"""Validation of the whole config document: one :class:`Problem` (key, value, why) per bad value.
 
-Owned by the admin work; this first version checks only what parsing needs.
+Pure checks over the parsed TOML (a ``dict``), run before anything is parsed into the
+dataclasses of :mod:`dicom_node.config`. Every table and key the node knows is listed in
+:data:`SCHEMA`; anything else is reported as unknown, with the closest known key when there is
+one (typo protection: ``serie_timeout`` must not silently fall back to the default).
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+AE_TITLE_MAX = 16
+LOG_FORMATS = ("auto", "console", "json")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_DEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(missing)"
+
+
+MISSING: Any = _Missing()
+
+
+def show_value(value: Any) -> str:
+    """A value as the TOML file would spell it (strings double-quoted, control characters escaped)."""
+    if value is MISSING:
+        return "(missing)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{...}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
 class Problem:
+    """One reason the config cannot be used: ``key`` (dotted, e.g. ``sources[1].host``), the
+    offending ``value`` (:data:`MISSING` when absent) and ``reason`` in words."""
+
     key: str
     value: Any
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.key} = {self.value!r}: {self.reason}"
+        return f"{self.key} = {show_value(self.value)}: {self.reason}"
 
 
-def validate_config(doc: dict) -> list[Problem]:
+# --- single values -------------------------------------------------------------------------------
+
+
+def ae_title_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable AE title (DICOM PS3.5 AE VR), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    if not value:
+        return "must not be empty"
+    if len(value) > AE_TITLE_MAX:
+        return f"must be at most {AE_TITLE_MAX} characters (has {len(value)})"
+    if not value.strip(" "):
+        return "must not be all spaces"
+    if "\\" in value:
+        return "must not contain a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must not contain control characters"
+    if not value.isascii():
+        return "must use ASCII characters only"
+    return None
+
+
+def host_problem(value: Any) -> str | None:
+    """Why ``value`` is neither an IP address nor a host name (RFC 1123), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    if not value:
+        return "must not be empty"
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return "must be an IP address or a host name (letters, digits, hyphens, dots)"
+    if labels[-1].isdigit():
+        return "is not a valid IP address"
+    return None
+
+
+def port_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer, not {_type_name(value)}"
+    if not 1 <= value <= 65535:
+        return "must be between 1 and 65535"
+    return None
+
+
+def port_argument_problem(text: str) -> tuple[int | None, str | None]:
+    """A port typed on the command line: ``(port, None)`` or ``(None, why)``."""
+    try:
+        port = int(text.strip())
+    except ValueError:
+        return None, "must be an integer between 1 and 65535"
+    return port, port_problem(port)
+
+
+def destination_name_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    if not _DEST_NAME.match(value):
+        return "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else f"must be a string, not {_type_name(value)}"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be true or false, not {_type_name(value)}"
+
+
+def _positive_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of seconds, not {_type_name(value)}"
+    if not value > 0 or value != value or value == float("inf"):
+        return "must be a number greater than 0"
+    return None
+
+
+def _nonempty_string(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    return None if value.strip() else "must not be empty"
+
+
+def _device(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    return None if _DEVICE.match(value) else "must be auto, cpu, cuda or cuda:N (N = GPU index)"
+
+
+def _log_format(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    return None if value in LOG_FORMATS else f"must be one of {', '.join(LOG_FORMATS)}"
+
+
+Check = Callable[[Any], "str | None"]
+
+# table -> key -> check. ``sources`` and ``destinations`` are arrays of tables.
+SCHEMA: dict[str, dict[str, Check]] = {
+    "node": {
+        "ae_title": ae_title_problem,
+        "host": host_problem,
+        "port": port_problem,
+        "data_dir": _nonempty_string,
+        "series_timeout": _positive_number,
+        "reject_unknown_sources": _boolean,
+        "accept_other_storage": _boolean,
+        "log_format": _log_format,
+    },
+    "model": {"weights": _nonempty_string, "device": _device},
+    "tls": {
+        "enabled": _boolean,
+        "certificate": _nonempty_string,
+        "private_key": _nonempty_string,
+        "ca_certificates": _nonempty_string,
+        "require_client_certificate": _boolean,
+    },
+    "results": {"summary_image": _boolean},
+    "sender": {"retry_initial": _positive_number, "retry_max": _positive_number},
+    "sources": {"ae_title": ae_title_problem, "host": host_problem, "series_timeout": _positive_number},
+    "destinations": {
+        "name": destination_name_problem,
+        "ae_title": ae_title_problem,
+        "host": host_problem,
+        "port": port_problem,
+    },
+}
+ARRAY_TABLES = ("sources", "destinations")
+REQUIRED = {"sources": ("ae_title",), "destinations": ("name", "ae_title", "host", "port")}
+
+
+def _unknown(key: str, value: Any, known: list[str]) -> Problem:
+    name = key.rsplit(".", 1)[-1].split("]")[-1]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+    return Problem(key, value, "unknown key" + hint)
+
+
+def _check_table(prefix: str, table: dict, checks: dict[str, Check]) -> list[Problem]:
+    problems = []
+    for key, value in table.items():
+        where = f"{prefix}.{key}"
+        if key not in checks:
+            problems.append(_unknown(where, value, list(checks)))
+            continue
+        reason = checks[key](value)
+        if reason:
+            problems.append(Problem(where, value, reason))
+    return problems
+
+
+def _resolve(value: str, config_dir: Path | None) -> Path:
+    from dicom_node.config import _resolve_path
+
+    return _resolve_path(value, config_dir if config_dir is not None else Path.cwd())
+
+
+def _file_problem(key: str, value: Any, config_dir: Path | None) -> Problem | None:
+    if not isinstance(value, str) or not value.strip():
+        return None  # already reported by the type check
+    path = _resolve(value, config_dir)
+    if not path.exists():
+        return Problem(key, value, f"file not found ({path})")
+    if not path.is_file():
+        return Problem(key, value, f"is not a file ({path})")
+    return None
+
+
+def validate_config(doc: dict, config_dir: Path | None = None) -> list[Problem]:
+    """Every problem of the parsed config ``doc``; an empty list means it is usable.
+
+    ``config_dir``: the folder of the config file, for relative paths (``weights``, TLS files).
+    """
     problems: list[Problem] = []
-    for i, s in enumerate(doc.get("sources", [])):
-        if "ae_title" not in s:
-            problems.append(Problem(f"sources[{i}].ae_title", None, "missing"))
-    for i, d in enumerate(doc.get("destinations", [])):
-        for key in ("name", "ae_title", "host", "port"):
-            if key not in d:
-                problems.append(Problem(f"destinations[{i}].{key}", None, "missing"))
+    for table_name, table in doc.items():
+        if table_name not in SCHEMA:
+            problems.append(_unknown(table_name, table, list(SCHEMA)))
+            continue
+        checks = SCHEMA[table_name]
+        if table_name in ARRAY_TABLES:
+            if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+                problems.append(Problem(table_name, table, f"must be an array of tables ([[{table_name}]])"))
+                continue
+            for i, entry in enumerate(table):
+                prefix = f"{table_name}[{i}]"
+                problems += _check_table(prefix, entry, checks)
+                problems += [
+                    Problem(f"{prefix}.{key}", MISSING, "required")
+                    for key in REQUIRED[table_name]
+                    if key not in entry
+                ]
+        elif not isinstance(table, dict):
+            problems.append(Problem(table_name, table, f"must be a table ([{table_name}])"))
+        else:
+            problems += _check_table(table_name, table, checks)
+    if problems:
+        # Cross-key checks only on a well-typed document: they would repeat the same problems.
+        return problems
+    return _cross_checks(doc, config_dir)
+
+
+def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
+    problems: list[Problem] = []
+
+    seen_sources: dict[tuple[str, str | None], int] = {}
+    for i, source in enumerate(doc.get("sources", [])):
+        ident = (source["ae_title"].strip(" "), source.get("host") or None)
+        if ident in seen_sources:
+            where = f"with the same host as sources[{seen_sources[ident]}]" if ident[1] else f"as sources[{seen_sources[ident]}]"
+            problems.append(Problem(f"sources[{i}].ae_title", source["ae_title"], f"duplicate source {where}"))
+        else:
+            seen_sources[ident] = i
+
+    seen_names: dict[str, int] = {}
+    for i, dest in enumerate(doc.get("destinations", [])):
+        if dest["name"] in seen_names:
+            problems.append(
+                Problem(f"destinations[{i}].name", dest["name"], f"duplicate of destinations[{seen_names[dest['name']]}]")
+            )
+        else:
+            seen_names[dest["name"]] = i
+
+    sender = doc.get("sender", {})
+    initial, cap = sender.get("retry_initial", 5.0), sender.get("retry_max", 300.0)
+    if cap < initial:
+        problems.append(Problem("sender.retry_max", cap, f"must not be less than sender.retry_initial ({initial})"))
+
+    node = doc.get("node", {})
+    if "data_dir" in node:
+        data_dir = _resolve(node["data_dir"], config_dir)
+        if data_dir.exists() and not data_dir.is_dir():
+            problems.append(Problem("node.data_dir", node["data_dir"], f"exists and is not a folder ({data_dir})"))
+
+    weights = doc.get("model", {}).get("weights")
+    if weights is not None:
+        problem = _file_problem("model.weights", weights, config_dir)
+        if problem:
+            problems.append(problem)
+
+    tls = doc.get("tls", {})
+    if tls.get("enabled", False):
+        needed = ["certificate", "private_key"]
+        if tls.get("require_client_certificate", True):
+            needed.append("ca_certificates")
+        for key in needed:
+            if key not in tls:
+                why = "required when tls.enabled = true"
+                if key == "ca_certificates":
+                    why += " and require_client_certificate = true (client certificates are verified against it)"
+                problems.append(Problem(f"tls.{key}", MISSING, why))
+        for key in ("certificate", "private_key", "ca_certificates"):
+            if key in tls:
+                problem = _file_problem(f"tls.{key}", tls[key], config_dir)
+                if problem:
+                    problems.append(problem)
     return problems

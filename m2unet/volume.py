@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+MIN_SLICES = 2
+MAX_SPACING_MM = 50.0
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,26 @@ def validate_volume(volume: Volume) -> None:
         raise ValueError(f"hu must hold integers or floats, got dtype {hu.dtype}")
     if min(hu.shape) < 1:
         raise ValueError(f"hu is empty: shape {hu.shape}")
+    if hu.shape[0] < MIN_SLICES:
+        raise ValueError(f"hu has {hu.shape[0]} slice; a CT volume needs at least {MIN_SLICES} (shape {hu.shape})")
     if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
         raise ValueError("hu holds NaN or infinite values")
     if len(volume.spacing) != 3:
         raise ValueError(f"spacing must have 3 values (x, y, z), got {volume.spacing!r}")
     for axis, s in zip("xyz", volume.spacing):
-        if not np.isfinite(s) or s <= 0 or s > 50:
-            raise ValueError(f"spacing {axis} = {s!r} mm is not a plausible CT spacing (0, 50]")
-    if len(volume.origin) != 3 or not np.all(np.isfinite(volume.origin)):
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)):
+            raise ValueError(f"spacing {axis} = {s!r} is not a number")
+        if not np.isfinite(s) or s <= 0 or s > MAX_SPACING_MM:
+            raise ValueError(f"spacing {axis} = {s!r} mm is not a plausible CT spacing (0, {MAX_SPACING_MM:g}]")
+    try:
+        origin = np.asarray(volume.origin, dtype=float)
+        direction = np.asarray(volume.direction, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"origin and direction must be numbers, got {volume.origin!r}, {volume.direction!r}") from None
+    if origin.shape != (3,) or not np.all(np.isfinite(origin)):
         raise ValueError(f"origin must be 3 finite values, got {volume.origin!r}")
-    if len(volume.direction) != 9:
-        raise ValueError(f"direction must have 9 values, got {len(volume.direction)}")
-    d = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    if direction.shape != (9,) or not np.all(np.isfinite(direction)):
+        raise ValueError(f"direction must have 9 finite values, got {volume.direction!r}")
+    d = direction.reshape(3, 3)
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
         raise ValueError(f"direction {volume.direction!r} is not orthonormal")

@@ -1,0 +1,405 @@
+"""The node's state database (``data_dir/state.sqlite3``, WAL): ingest's tables and the contract.
+
+Ingest owns two tables:
+
+- ``instances``: one row per distinct SOP Instance UID received (its series, study, SOP class,
+  the spool path relative to ``data_dir``, the SHA-256 of its dataset bytes, when and from whom).
+- ``series``: one row per series with its ``state`` (:class:`SeriesState`), ``reason``, ``version``
+  and counts.
+
+Series life cycle: ``receiving`` (instances arriving) -> ``complete`` (quiet for ``series_timeout``;
+the assembler then runs series selection) -> ``queued`` (handed to the pipeline) or ``skipped``
+(reason says why) -> ``running`` (claimed by the pipeline) -> ``done`` | ``failed`` | ``skipped``.
+
+A repeated SOP Instance UID (rule, :func:`record_instance`): identical dataset bytes change nothing
+(the series is not touched, not even re-opened); different bytes replace the stored instance
+(the newest copy wins), like any new instance. A new or replaced instance in a series that is no
+longer ``receiving`` re-opens it: state back to ``receiving``, ``version`` + 1, reason cleared; it
+then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
+version is ignored (see :func:`set_series_state`).
+
+Writers: SQLite allows one writer at a time. Connections made by :func:`connect` carry a re-entrant
+lock; every function here takes it, so one connection may be shared by pynetdicom's association
+threads. Write transactions use ``BEGIN IMMEDIATE`` and a 30 s busy timeout, so writers in other
+connections or processes queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_FILENAME = "state.sqlite3"
+BUSY_TIMEOUT_S = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    version INTEGER NOT NULL DEFAULT 1,
+    instances INTEGER NOT NULL DEFAULT 0,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_state ON series (state, updated_at);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
+"""
+
+
+class SeriesState(str, enum.Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    study_instance_uid: str
+    series_instance_uid: str
+    calling_ae: str
+    instances: int
+    state: str
+    reason: str | None
+    version: int
+    first_received: float = 0.0
+    last_received: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received instance, as stored (``path`` relative to ``data_dir``)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    digest: str
+    size: int
+    calling_ae: str
+
+
+class StoreOutcome(str, enum.Enum):
+    STORED = "stored"  # a new SOP Instance UID
+    DUPLICATE = "duplicate"  # same UID, same bytes: nothing changed
+    REPLACED = "replaced"  # same UID, different bytes: the newest copy wins
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    outcome: StoreOutcome
+    series: SeriesRecord
+    reopened: bool  # the series had left `receiving` and was re-opened by this instance
+
+
+class NodeConnection(sqlite3.Connection):
+    """A connection with the lock that makes it safe to share between threads."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.RLock()
+
+
+def connect(data_dir: str | Path) -> sqlite3.Connection:
+    """Open (creating if needed) ``data_dir/state.sqlite3`` in WAL mode with ingest's tables."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        data_dir / DB_FILENAME,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=NodeConnection,
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    with _lock(conn):
+        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+    return conn
+
+
+def data_dir_of(conn: sqlite3.Connection) -> Path:
+    """The folder holding the connection's database file (``data_dir``)."""
+    for _, name, filename in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main":
+            return Path(filename).parent
+    raise ValueError("connection has no main database file")
+
+
+def _lock(conn: sqlite3.Connection):
+    return getattr(conn, "lock", None) or contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    with _lock(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def _series_from_row(row) -> SeriesRecord:
+    return SeriesRecord(
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        calling_ae=row["calling_ae"],
+        instances=row["instances"],
+        state=row["state"],
+        reason=row["reason"],
+        version=row["version"],
+        first_received=row["first_received"],
+        last_received=row["last_received"],
+        updated_at=row["updated_at"],
+    )
+
+
+def get_series(conn: sqlite3.Connection, series_instance_uid: str) -> SeriesRecord | None:
+    with _lock(conn):
+        row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (series_instance_uid,)).fetchone()
+    return _series_from_row(row) if row else None
+
+
+def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None) -> list[SeriesRecord]:
+    """Every series (or those in ``states``), oldest first."""
+    with _lock(conn):
+        if states:
+            marks = ",".join("?" * len(states))
+            rows = conn.execute(
+                f"SELECT * FROM series WHERE state IN ({marks}) ORDER BY first_received", tuple(states)
+            ).fetchall()
+        else:
+            rows = conn.execute("SELECT * FROM series ORDER BY first_received").fetchall()
+    return [_series_from_row(r) for r in rows]
+
+
+def stored_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> tuple[str, str] | None:
+    """(digest, path relative to data_dir) of a stored SOP Instance UID, else None."""
+    with _lock(conn):
+        row = conn.execute("SELECT digest, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+    return (row["digest"], row["path"]) if row else None
+
+
+def _count(conn: sqlite3.Connection, series_instance_uid: str) -> int:
+    return conn.execute(
+        "SELECT COUNT(*) FROM instances WHERE series_instance_uid = ?", (series_instance_uid,)
+    ).fetchone()[0]
+
+
+def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | None = None) -> RecordResult:
+    """Record an instance whose file is already durable in the spool (see the module's rule)."""
+    now = time.time() if now is None else now
+    with _write(conn):
+        old = conn.execute("SELECT * FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)).fetchone()
+        if old is not None and old["digest"] == rec.digest and old["path"] == rec.path:
+            row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (old["series_instance_uid"],)).fetchone()
+            return RecordResult(StoreOutcome.DUPLICATE, _series_from_row(row), reopened=False)
+        conn.execute(
+            "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                rec.sop_instance_uid,
+                rec.series_instance_uid,
+                rec.study_instance_uid,
+                rec.sop_class_uid,
+                rec.transfer_syntax_uid,
+                rec.path,
+                rec.digest,
+                rec.size,
+                rec.calling_ae,
+                now,
+            ),
+        )
+        if old is not None and old["series_instance_uid"] != rec.series_instance_uid:
+            conn.execute(
+                "UPDATE series SET instances = ?, updated_at = ? WHERE series_instance_uid = ?",
+                (_count(conn, old["series_instance_uid"]), now, old["series_instance_uid"]),
+            )
+        row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (rec.series_instance_uid,)).fetchone()
+        reopened = False
+        if row is None:
+            conn.execute(
+                "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, state, reason, version,"
+                " instances, first_received, last_received, updated_at) VALUES (?,?,?,?,NULL,1,1,?,?,?)",
+                (rec.series_instance_uid, rec.study_instance_uid, rec.calling_ae, SeriesState.RECEIVING.value, now, now, now),
+            )
+        else:
+            reopened = row["state"] != SeriesState.RECEIVING.value
+            conn.execute(
+                "UPDATE series SET instances = ?, last_received = ?, updated_at = ?, calling_ae = ?,"
+                " state = ?, reason = CASE WHEN ? THEN NULL ELSE reason END, version = version + ?"
+                " WHERE series_instance_uid = ?",
+                (
+                    _count(conn, rec.series_instance_uid),
+                    now,
+                    now,
+                    rec.calling_ae,
+                    SeriesState.RECEIVING.value,
+                    reopened,
+                    1 if reopened else 0,
+                    rec.series_instance_uid,
+                ),
+            )
+        row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (rec.series_instance_uid,)).fetchone()
+    outcome = StoreOutcome.STORED if old is None else StoreOutcome.REPLACED
+    return RecordResult(outcome, _series_from_row(row), reopened)
+
+
+def series_instance_paths(conn: sqlite3.Connection, series_instance_uid: str) -> list[Path]:
+    """The spool files of a series' instances (absolute paths; order is not meaningful)."""
+    root = data_dir_of(conn)
+    with _lock(conn):
+        rows = conn.execute(
+            "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY sop_instance_uid", (series_instance_uid,)
+        ).fetchall()
+    return [root / r["path"] for r in rows]
+
+
+def series_instances(conn: sqlite3.Connection, series_instance_uid: str) -> list[InstanceRecord]:
+    with _lock(conn):
+        rows = conn.execute(
+            "SELECT * FROM instances WHERE series_instance_uid = ? ORDER BY sop_instance_uid", (series_instance_uid,)
+        ).fetchall()
+    return [
+        InstanceRecord(
+            sop_instance_uid=r["sop_instance_uid"],
+            series_instance_uid=r["series_instance_uid"],
+            study_instance_uid=r["study_instance_uid"],
+            sop_class_uid=r["sop_class_uid"],
+            transfer_syntax_uid=r["transfer_syntax_uid"],
+            path=r["path"],
+            digest=r["digest"],
+            size=r["size"],
+            calling_ae=r["calling_ae"],
+        )
+        for r in rows
+    ]
+
+
+def complete_series(
+    conn: sqlite3.Connection, series_instance_uid: str, version: int, state: str, reason: str | None = None
+) -> bool:
+    """The assembler's hand-off: ``receiving``/``complete`` at ``version`` -> ``state``.
+
+    Returns False (and changes nothing) when an instance arrived meanwhile (the version moved on).
+    """
+    state = SeriesState(state).value
+    with _write(conn):
+        cur = conn.execute(
+            "UPDATE series SET state = ?, reason = ?, updated_at = ?"
+            " WHERE series_instance_uid = ? AND version = ? AND state IN (?, ?)",
+            (
+                state,
+                reason,
+                time.time(),
+                series_instance_uid,
+                version,
+                SeriesState.RECEIVING.value,
+                SeriesState.COMPLETE.value,
+            ),
+        )
+        return cur.rowcount == 1
+
+
+def claim_queued_series(conn: sqlite3.Connection) -> SeriesRecord | None:
+    """Atomically move the oldest ``queued`` series to ``running`` and return it (None: none queued)."""
+    with _write(conn):
+        row = conn.execute(
+            "SELECT * FROM series WHERE state = ? ORDER BY updated_at, first_received LIMIT 1",
+            (SeriesState.QUEUED.value,),
+        ).fetchone()
+        if row is None:
+            return None
+        now = time.time()
+        conn.execute(
+            "UPDATE series SET state = ?, reason = NULL, updated_at = ? WHERE series_instance_uid = ?",
+            (SeriesState.RUNNING.value, now, row["series_instance_uid"]),
+        )
+        row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (row["series_instance_uid"],)).fetchone()
+    return _series_from_row(row)
+
+
+def set_series_state(
+    conn: sqlite3.Connection,
+    series_instance_uid: str,
+    state: str,
+    reason: str | None = None,
+    version: int | None = None,
+) -> bool:
+    """Set a series' state and reason; returns whether the row changed.
+
+    With ``version`` the change applies only to that version. A series that is ``receiving``
+    (re-opened by a late instance) is never moved to ``running``, ``done`` or ``failed`` here: the
+    result of a run over its older version must not close the newer one.
+    """
+    state = SeriesState(state).value
+    guarded = state in (SeriesState.RUNNING.value, SeriesState.DONE.value, SeriesState.FAILED.value)
+    sql = "UPDATE series SET state = ?, reason = ?, updated_at = ? WHERE series_instance_uid = ?"
+    args: list = [state, reason, time.time(), series_instance_uid]
+    if version is not None:
+        sql += " AND version = ?"
+        args.append(version)
+    if guarded:
+        sql += " AND state != ?"
+        args.append(SeriesState.RECEIVING.value)
+    with _write(conn):
+        return conn.execute(sql, args).rowcount == 1
+
+
+def requeue_running(conn: sqlite3.Connection) -> int:
+    """At start-up: series left ``running`` (or ``complete``) by a dead process go back to ``queued``.
+
+    ``complete`` is the assembler's short step before ``queued``/``skipped``; a series caught there is
+    moved back to ``receiving`` so the assembler decides again. Returns how many series were moved.
+    """
+    now = time.time()
+    with _write(conn):
+        n = conn.execute(
+            "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
+            (SeriesState.QUEUED.value, now, SeriesState.RUNNING.value),
+        ).rowcount
+        n += conn.execute(
+            "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
+            (SeriesState.RECEIVING.value, now, SeriesState.COMPLETE.value),
+        ).rowcount
+    return n
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    with _lock(conn):
+        rows = conn.execute("SELECT state, COUNT(*) AS n FROM series GROUP BY state").fetchall()
+    counts = {s.value: 0 for s in SeriesState}
+    counts.update({r["state"]: r["n"] for r in rows})
+    return counts

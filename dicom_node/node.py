@@ -1,0 +1,175 @@
+"""``m2unet-node run``: wires the SCP, assembler, pipeline worker and sender, and runs until a signal.
+
+Start-up: read the config (live, hot-reloaded), configure logging, open the database, put series
+left ``running`` by a dead process back in the queue, remove half-written spool files, then start
+the assembler (which re-arms timers for series still ``receiving``), the pipeline worker, the
+sender, and last the SCP, so that nothing is accepted before it can be handled.
+
+SIGTERM / SIGINT: stop accepting (the SCP first, letting running associations finish), then stop
+the assembler, pipeline and sender (each persists or finishes its work: every state is in the
+database, and whatever was in flight resumes at the next start), exit 0. SIGHUP: reload the config.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from dicom_node import db
+from dicom_node.assembler import Assembler
+from dicom_node.config import ConfigError, NodeConfig
+from dicom_node.receive import Receiver
+from dicom_node.scp import StorageSCP
+from dicom_node.spool import Spool
+
+log = structlog.get_logger()
+
+
+class _StaticConfig:
+    """Stands in for ``LiveConfig`` when hot reload is not available: the config read at start."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.current = config
+        self.path = config.path
+
+    def reload(self) -> bool:
+        log.warning("config_reload_unavailable")
+        return False
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _load_live_config(config_path):
+    try:
+        from dicom_node.live_config import LiveConfig
+    except ImportError:
+        from dicom_node.config import load_config
+
+        return _StaticConfig(load_config(config_path))
+    return LiveConfig(config_path)
+
+
+def _configure_logging(fmt: str) -> None:
+    try:
+        from dicom_node.logs import configure_logging
+    except ImportError:
+        return
+    configure_logging(fmt)
+
+
+def _optional_worker(module: str, cls: str, live_config):
+    """The pipeline worker / sender of the results part (logged and skipped while it is absent)."""
+    try:
+        mod = __import__(f"dicom_node.{module}", fromlist=[cls])
+        factory = getattr(mod, cls)
+    except (ImportError, AttributeError) as exc:
+        log.warning("worker_unavailable", worker=f"{module}.{cls}", error=type(exc).__name__)
+        return None
+    return factory(live_config)
+
+
+def _implementation_uid() -> tuple[str, str]:
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+
+    return str(PYNETDICOM_IMPLEMENTATION_UID), "M2UNET_NODE"
+
+
+class Node:
+    """The running node's parts; :meth:`start` and :meth:`stop` in dependency order."""
+
+    def __init__(self, live_config) -> None:
+        self.live_config = live_config
+        config: NodeConfig = live_config.current
+        self.data_dir = config.node.data_dir
+        self.conn = db.connect(self.data_dir)
+        requeued = db.requeue_running(self.conn)
+        self.spool = Spool(self.data_dir)
+        swept = self.spool.sweep()
+        log.info("state_opened", requeued_series=requeued, removed_partial_files=swept, counts=db.state_counts(self.conn))
+        ssl_context = None
+        if config.tls.enabled:
+            from dicom_node.tls import server_context
+
+            ssl_context = server_context(config.tls)
+        provider: Callable[[], NodeConfig] = lambda: self.live_config.current  # noqa: E731
+        self.assembler = Assembler(self.data_dir, provider)
+        impl_uid, impl_version = _implementation_uid()
+        self.scp = StorageSCP(
+            provider,
+            Receiver(self.conn, self.spool, impl_uid, impl_version),
+            on_instance=self.assembler.instance_arrived,
+            ssl_context=ssl_context,
+        )
+        self.pipeline = _optional_worker("pipeline", "PipelineWorker", live_config)
+        self.sender = _optional_worker("sender", "Sender", live_config)
+
+    def start(self) -> None:
+        self.live_config.start()
+        self.assembler.start()
+        for worker in (self.pipeline, self.sender):
+            if worker is not None:
+                worker.start()
+        self.scp.start()
+
+    def stop(self) -> None:
+        steps = [("scp", self.scp.stop), ("assembler", self.assembler.stop)]
+        steps += [(name, w.stop) for name, w in (("pipeline", self.pipeline), ("sender", self.sender)) if w is not None]
+        steps += [("live_config", self.live_config.stop)]
+        for name, stop in steps:
+            try:
+                stop()
+            except Exception as exc:
+                log.error("stop_failed", part=name, error=type(exc).__name__)
+        self.conn.close()
+
+
+def run_node(config_path) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; 0 on a clean stop, 2 on a bad config."""
+    try:
+        live_config = _load_live_config(config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    config: NodeConfig = live_config.current
+    _configure_logging(config.node.log_format)
+    try:
+        node = Node(live_config)
+    except (ValueError, OSError) as exc:
+        log.error("node_start_failed", error=str(exc))
+        return 2
+
+    stopping = threading.Event()
+
+    def on_stop(signum, frame) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    def on_hup(signum, frame) -> None:
+        log.info("signal_received", signal="SIGHUP")
+        threading.Thread(target=live_config.reload, name="config-reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    try:
+        node.start()
+    except OSError as exc:
+        log.error("node_start_failed", error=str(exc))
+        node.stop()
+        return 2
+    log.info("node_started", ae_title=config.node.ae_title, port=config.node.port, data_dir=str(node.data_dir))
+    while not stopping.wait(0.5):
+        pass
+    log.info("node_stopping")
+    node.stop()
+    log.info("node_stopped")
+    return 0

@@ -1,0 +1,108 @@
+"""``m2unet-node process SERIES_DIR --out OUT_DIR``: the pipeline on one folder, without a node.
+
+Reads every DICOM file under ``SERIES_DIR`` (one CT series), reconstructs the volume, runs the
+predictor and the quantification, writes ``OUT_DIR/seg.dcm``, ``OUT_DIR/sr.dcm`` and (with
+``[results] summary_image``, the default) ``OUT_DIR/summary.dcm``, and prints one JSON object:
+
+``{"severity", "probability_severe", "threshold", "lobes": {"right_upper": {"name", "volume_ml",
+"opacity_ml", "opacity_percent", "severity_score"}, ...}, "total_score", "model": {...},
+"series_instance_uid", "seconds", "timings": {...}, "files": {"seg", "sr", "summary"}}``
+
+``seconds`` is the wall time from reading the folder to the files written (weights loading
+included). The objects are the ones the node would send for that series (version 1), apart from
+their creation time. Exit 0; 2 with a message on stderr for a bad config, folder, series or
+weights file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from dicom_node.config import ConfigError, NodeConfig, load_config, resolve_config_path
+
+
+def _config(config_path) -> NodeConfig:
+    path = resolve_config_path(config_path)
+    if config_path is None and not path.exists():
+        return NodeConfig()  # no config anywhere: the defaults (shipped weights, device auto)
+    return load_config(path)
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` with the DICOM preamble (``DICM`` at byte 128) or a ``.dcm`` name."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() == ".dcm":
+            found.append(path)
+            continue
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            if handle.read(4) == b"DICM":
+                found.append(path)
+    return found
+
+
+def process_series(series_dir, out_dir, config_path=None, weights=None, device=None) -> int:
+    started = time.perf_counter()
+    try:
+        config = _config(config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    series_dir, out_dir = Path(series_dir), Path(out_dir)
+    if not series_dir.is_dir():
+        print(f"SERIES_DIR: {series_dir} is not a folder", file=sys.stderr)
+        return 2
+    paths = dicom_files(series_dir)
+    if not paths:
+        print(f"SERIES_DIR: no DICOM file in {series_dir}", file=sys.stderr)
+        return 2
+    try:
+        summary = _process(paths, out_dir, config, weights, device)
+    except (ValueError, OSError) as exc:
+        print(f"process: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        return 2
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _process(paths: list[Path], out_dir: Path, config: NodeConfig, weights, device) -> dict:
+    from dicom_node.reconstruct import reconstruct_series
+    from dicom_node.results.analysis import analyse
+    from dicom_node.results.build import build_result_set, write_result_set
+    from dicom_node.results.findings import findings_dict
+    from m2unet.predictor import Predictor
+
+    timings = {}
+    t = time.perf_counter()
+    reconstructed = reconstruct_series(paths)
+    timings["reconstruct"] = time.perf_counter() - t
+    t = time.perf_counter()
+    predictor = Predictor.from_weights(weights if weights else config.model.weights, device or config.model.device)
+    predictor.require_variant(lobes=True, severity=True)
+    timings["load_weights"] = time.perf_counter() - t
+    analysis = analyse(reconstructed, predictor)
+    timings.update(analysis.timings)
+    t = time.perf_counter()
+    result_set = build_result_set(
+        analysis.source,
+        analysis.hu,
+        analysis.lobe_map,
+        analysis.findings,
+        version=1,
+        ae_title=config.node.ae_title,
+        created=datetime.now().replace(microsecond=0),
+        summary_image=config.results.summary_image,
+    )
+    written = write_result_set(result_set, out_dir)
+    timings["results"] = time.perf_counter() - t
+    summary = findings_dict(analysis.findings)
+    summary["series_instance_uid"] = analysis.source.series_instance_uid
+    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    summary["files"] = {kind.name.lower(): str(path) for kind, path in written.items()}
+    return summary

@@ -1,0 +1,294 @@
+"""The durable outbox: every result object to deliver, per destination, until it is delivered.
+
+Storage (all under ``data_dir``): the table ``outbox`` in ``state.sqlite3`` (one row per
+destination and SOP Instance UID, unique) and the files under ``data_dir/outbox/`` (a hard link,
+or a copy, of the result file, so the sender never reads the pipeline's folders). Row states:
+
+- ``pending``: to be sent at ``next_attempt`` (epoch seconds); ``attempts`` and ``last_error``
+  say what happened so far;
+- ``delivered``: the destination acknowledged it (C-STORE success or warning); never sent again,
+  even when the same object is enqueued again (a job re-run after a crash rebuilds identical
+  objects with the same UIDs, and enqueueing is ``INSERT OR IGNORE``);
+- ``failed``: refused permanently (see ``sender``); kept with its reason for ``status``.
+
+Retries wait ``retry_initial * 2 ** (attempts - 1)`` seconds, capped at ``retry_max``
+(:func:`backoff_delay`); the schedule is in the table, so it survives restarts.
+
+No destination configured: nothing is enqueued; the results stay in their folder under
+``data_dir/results/`` (recorded by the pipeline in the table ``results``) and
+:func:`delivery_summary` lists them under ``kept`` so ``status`` can say where they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.db import data_dir_of
+
+OUTBOX_DIR = "outbox"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    source_series_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt);
+"""
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True)
+class OutboxObject:
+    """One result file to deliver."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    source_series_uid: str
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    destination: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path  # absolute
+    attempts: int
+    last_error: str | None
+
+
+def _lock(conn: sqlite3.Connection):
+    return getattr(conn, "lock", None) or contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection):
+    with _lock(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    with _lock(conn):
+        conn.executescript(SCHEMA)
+
+
+def backoff_delay(attempts: int, initial: float, cap: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1, 2, ...)."""
+    if attempts < 1:
+        return 0.0
+    return float(min(initial * 2 ** min(attempts - 1, 60), cap))
+
+
+def _outbox_file(data_dir: Path, obj: OutboxObject) -> Path:
+    target = data_dir / OUTBOX_DIR / f"{obj.sop_instance_uid}.dcm"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(obj.path, tmp)
+    except OSError:
+        shutil.copyfile(obj.path, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations: list[str], now: float | None = None) -> int:
+    """Queue each object for each destination; an object already queued, delivered or failed
+    for a destination is left as it is. Returns the number of new rows."""
+    if not destinations or not objects:
+        return 0
+    ensure_schema(conn)
+    now = time.time() if now is None else now
+    data_dir = data_dir_of(conn)
+    with _lock(conn):
+        marks = ",".join("?" * len(objects))
+        known = {
+            (r["destination"], r["sop_instance_uid"])
+            for r in conn.execute(
+                f"SELECT destination, sop_instance_uid FROM outbox WHERE sop_instance_uid IN ({marks})",
+                tuple(obj.sop_instance_uid for obj in objects),
+            ).fetchall()
+        }
+    wanted = {
+        obj.sop_instance_uid: [d for d in destinations if (d, obj.sop_instance_uid) not in known] for obj in objects
+    }
+    # the file first, then the rows: a crash in between leaves a stray file, never a row without one
+    files = {obj.sop_instance_uid: _outbox_file(data_dir, obj) for obj in objects if wanted[obj.sop_instance_uid]}
+    added = 0
+    with _write(conn):
+        for obj in objects:
+            if not wanted[obj.sop_instance_uid]:
+                continue
+            relative = files[obj.sop_instance_uid].relative_to(data_dir).as_posix()
+            for destination in wanted[obj.sop_instance_uid]:
+                added += conn.execute(
+                    "INSERT OR IGNORE INTO outbox (destination, sop_instance_uid, sop_class_uid, study_instance_uid,"
+                    " source_series_uid, path, state, attempts, next_attempt, created_at) VALUES (?,?,?,?,?,?,?,0,?,?)",
+                    (
+                        destination,
+                        obj.sop_instance_uid,
+                        obj.sop_class_uid,
+                        obj.study_instance_uid,
+                        obj.source_series_uid,
+                        relative,
+                        PENDING,
+                        now,
+                        now,
+                    ),
+                ).rowcount
+    return added
+
+
+def _item(row, data_dir: Path) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"],
+        destination=row["destination"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        path=data_dir / row["path"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+    )
+
+
+def due_items(conn: sqlite3.Connection, destination: str, now: float | None = None, limit: int = 100) -> list[OutboxItem]:
+    """Pending items of ``destination`` whose next attempt is due, oldest first."""
+    ensure_schema(conn)
+    now = time.time() if now is None else now
+    data_dir = data_dir_of(conn)
+    with _lock(conn):
+        rows = conn.execute(
+            "SELECT * FROM outbox WHERE state = ? AND destination = ? AND next_attempt <= ? ORDER BY id LIMIT ?",
+            (PENDING, destination, now, limit),
+        ).fetchall()
+    return [_item(r, data_dir) for r in rows]
+
+
+def next_due(conn: sqlite3.Connection, destinations: list[str]) -> float | None:
+    """The earliest next attempt among pending items of ``destinations`` (None: nothing pending)."""
+    if not destinations:
+        return None
+    ensure_schema(conn)
+    marks = ",".join("?" * len(destinations))
+    with _lock(conn):
+        row = conn.execute(
+            f"SELECT MIN(next_attempt) FROM outbox WHERE state = ? AND destination IN ({marks})",
+            (PENDING, *destinations),
+        ).fetchone()
+    return row[0]
+
+
+def mark_delivered(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    with _write(conn):
+        conn.execute(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = NULL, delivered_at = ? WHERE id = ?",
+            (DELIVERED, now, item_id),
+        )
+    _drop_file_if_done(conn, item_id)
+
+
+def mark_retry(
+    conn: sqlite3.Connection, item_id: int, error: str, initial: float, cap: float, now: float | None = None
+) -> float:
+    """Count a failed attempt and schedule the next one; returns the delay chosen."""
+    now = time.time() if now is None else now
+    with _write(conn):
+        attempts = conn.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()[0] + 1
+        delay = backoff_delay(attempts, initial, cap)
+        conn.execute(
+            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt = ? WHERE id = ? AND state = ?",
+            (attempts, error, now + delay, item_id, PENDING),
+        )
+    return delay
+
+
+def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
+    with _write(conn):
+        conn.execute(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+            (FAILED, reason, item_id),
+        )
+    _drop_file_if_done(conn, item_id)
+
+
+def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:
+    """Remove the outbox file once no destination still has it pending (the result folder keeps
+    the original)."""
+    with _lock(conn):
+        row = conn.execute("SELECT path FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            return
+        left = conn.execute("SELECT COUNT(*) FROM outbox WHERE path = ? AND state = ?", (row["path"], PENDING)).fetchone()[0]
+    if left == 0:
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir_of(conn) / row["path"]).unlink()
+
+
+def delivery_summary(conn: sqlite3.Connection) -> dict:
+    """For ``m2unet-node status``:
+
+    ``{"pending": n, "failed": n, "delivered": n,
+       "items": [{"destination", "sop_instance_uid", "state", "attempts", "last_error",
+                  "next_attempt"}, ...],          # pending and failed rows, oldest first
+       "results_dir": "<data_dir>/results",
+       "kept": [{"study_instance_uid", "series_instance_uid", "version", "folder"}, ...]}``
+
+    ``kept`` lists the result sets produced while no destination was configured: they stay in
+    their folder under ``results_dir``.
+    """
+    from dicom_node.results.records import kept_results, results_dir
+
+    ensure_schema(conn)
+    with _lock(conn):
+        counts = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+        rows = conn.execute(
+            "SELECT destination, sop_instance_uid, state, attempts, last_error, next_attempt FROM outbox"
+            " WHERE state IN (?, ?) ORDER BY id",
+            (PENDING, FAILED),
+        ).fetchall()
+    return {
+        "pending": counts.get(PENDING, 0),
+        "failed": counts.get(FAILED, 0),
+        "delivered": counts.get(DELIVERED, 0),
+        "items": [dict(r) for r in rows],
+        "results_dir": str(results_dir(data_dir_of(conn))),
+        "kept": kept_results(conn),
+    }

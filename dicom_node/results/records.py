@@ -1,0 +1,150 @@
+"""The pipeline's tables and folders: ``jobs`` (one row per series version started),
+``results`` (one row per result set written) and ``data_dir/results/``.
+
+Folder of a result set: ``data_dir/results/<study-hash>/<series-hash>/v<version>/`` holding
+``seg.dcm``, ``sr.dcm``, ``summary.dcm`` and ``findings.json``; the hashes are the first 16 hex
+digits of the sha256 of the Study and Series Instance UIDs (short, file-system safe names).
+
+``jobs.started_at`` is the time a series version was first started; it is the creation time
+stamped on every object of that result set (``stamp``), so a re-run after a crash rebuilds
+identical objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import time
+from datetime import datetime
+from pathlib import Path
+
+from dicom_node.db import data_dir_of
+
+RESULTS_DIR = "results"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    series_instance_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (series_instance_uid, version)
+);
+CREATE TABLE IF NOT EXISTS results (
+    series_instance_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    seg_sop_instance_uid TEXT NOT NULL,
+    sr_sop_instance_uid TEXT NOT NULL,
+    summary_sop_instance_uid TEXT,
+    destinations INTEGER NOT NULL,
+    severity TEXT NOT NULL,
+    probability_severe REAL NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (series_instance_uid, version)
+);
+"""
+
+
+def _lock(conn: sqlite3.Connection):
+    return getattr(conn, "lock", None) or contextlib.nullcontext()
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    with _lock(conn):
+        conn.executescript(SCHEMA)
+
+
+def results_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / RESULTS_DIR
+
+
+def _short_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode("ascii")).hexdigest()[:16]
+
+
+def result_folder(data_dir: Path, study_instance_uid: str, series_instance_uid: str, version: int) -> Path:
+    return results_dir(data_dir) / _short_hash(study_instance_uid) / _short_hash(series_instance_uid) / f"v{int(version)}"
+
+
+def start_job(conn: sqlite3.Connection, series_instance_uid: str, version: int) -> datetime:
+    """Count an attempt of this series version; return when its first attempt started."""
+    ensure_schema(conn)
+    with _lock(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT OR IGNORE INTO jobs (series_instance_uid, version, started_at, attempts) VALUES (?,?,?,0)",
+                (series_instance_uid, version, time.time()),
+            )
+            conn.execute(
+                "UPDATE jobs SET attempts = attempts + 1 WHERE series_instance_uid = ? AND version = ?",
+                (series_instance_uid, version),
+            )
+            started = conn.execute(
+                "SELECT started_at FROM jobs WHERE series_instance_uid = ? AND version = ?",
+                (series_instance_uid, version),
+            ).fetchone()[0]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    # whole seconds: the same value whatever float rounding the database applies
+    return datetime.fromtimestamp(int(started))  # local time, as DICOM dates are
+
+
+def record_result(
+    conn: sqlite3.Connection,
+    *,
+    series_instance_uid: str,
+    version: int,
+    study_instance_uid: str,
+    folder: Path,
+    seg_sop_instance_uid: str,
+    sr_sop_instance_uid: str,
+    summary_sop_instance_uid: str | None,
+    destinations: int,
+    severity: str,
+    probability_severe: float,
+) -> None:
+    ensure_schema(conn)
+    relative = Path(folder).relative_to(data_dir_of(conn)).as_posix()
+    with _lock(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                series_instance_uid,
+                version,
+                study_instance_uid,
+                relative,
+                seg_sop_instance_uid,
+                sr_sop_instance_uid,
+                summary_sop_instance_uid,
+                destinations,
+                severity,
+                probability_severe,
+                time.time(),
+            ),
+        )
+
+
+def kept_results(conn: sqlite3.Connection) -> list[dict]:
+    """Result sets produced while no destination was configured (they stay in their folder)."""
+    ensure_schema(conn)
+    data_dir = data_dir_of(conn)
+    with _lock(conn):
+        rows = conn.execute(
+            "SELECT study_instance_uid, series_instance_uid, version, folder FROM results"
+            " WHERE destinations = 0 ORDER BY created_at"
+        ).fetchall()
+    return [
+        {
+            "study_instance_uid": r["study_instance_uid"],
+            "series_instance_uid": r["series_instance_uid"],
+            "version": r["version"],
+            "folder": str(data_dir / r["folder"]),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,252 @@
+"""The Storage SCP: C-ECHO and C-STORE over DICOM (optionally TLS), as the node's front door.
+
+SOP classes: Verification, CT Image Storage, Enhanced CT Image Storage and Legacy Converted
+Enhanced CT Image Storage. Every other storage class is accepted at association time (scanners
+propose many) and then, per ``[node] accept_other_storage``: false (the default) answers each
+C-STORE with 0x0122 "SOP class not supported"; true stores the instance and ignores it (selection
+leaves it out of any volume with the reason ``not_ct_image``).
+
+Transfer syntaxes: implicit and explicit VR little endian, deflated explicit VR little endian,
+JPEG baseline, extended and lossless (process 14 and SV1), JPEG-LS lossless and near-lossless,
+JPEG 2000 lossless and lossy, RLE lossless. Data sets are kept as they arrive.
+
+Each accepted socket gets TCP_NODELAY (without it Nagle's algorithm and delayed ACKs cost tens of
+milliseconds per PDU). Access control runs on each A-ASSOCIATE-RQ against the config of that
+moment (``config_provider()``), so a hot-reloaded ``[[sources]]`` applies at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+from pydicom import uid as uids
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_node.access import check_association
+from dicom_node.config import NodeConfig
+from dicom_node.db import RecordResult
+from dicom_node.frames import CT_STORAGE_CLASSES
+from dicom_node.receive import Receiver, StoreStatus
+
+log = structlog.get_logger()
+
+TRANSFER_SYNTAXES = [
+    uids.ExplicitVRLittleEndian,
+    uids.ImplicitVRLittleEndian,
+    uids.DeflatedExplicitVRLittleEndian,
+    uids.JPEGBaseline8Bit,
+    uids.JPEGExtended12Bit,
+    uids.JPEGLossless,
+    uids.JPEGLosslessSV1,
+    uids.JPEGLSLossless,
+    uids.JPEGLSNearLossless,
+    uids.JPEG2000Lossless,
+    uids.JPEG2000,
+    uids.RLELossless,
+]
+MAX_PDU = 0  # no limit: fewer, larger PDUs
+ASSOCIATIONS_MAX = 32
+SHUTDOWN_GRACE_S = 10.0
+
+InstanceCallback = Callable[[RecordResult], None]
+
+
+class _AssociationStats:
+    __slots__ = ("calling_ae", "started", "stored", "duplicates", "failed", "bytes")
+
+    def __init__(self, calling_ae: str) -> None:
+        self.calling_ae = calling_ae
+        self.started = time.monotonic()
+        self.stored = self.duplicates = self.failed = self.bytes = 0
+
+
+class StorageSCP:
+    """``start()`` listens on ``(host, port)``; ``stop()`` stops accepting and drains associations."""
+
+    def __init__(
+        self,
+        config_provider: Callable[[], NodeConfig],
+        receiver: Receiver,
+        on_instance: InstanceCallback | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tcp_nodelay: bool = True,
+    ) -> None:
+        self.config_provider = config_provider
+        self.receiver = receiver
+        self.on_instance = on_instance
+        self.ssl_context = ssl_context
+        self.tcp_nodelay = tcp_nodelay
+        config = config_provider()
+        self.ae_title = config.node.ae_title
+        self.host, self.port = config.node.host, config.node.port
+        self._server = None
+        self._stats: dict[int, _AssociationStats] = {}
+        self._stats_lock = threading.Lock()
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = MAX_PDU
+        ae.maximum_associations = ASSOCIATIONS_MAX
+        ae.require_called_aet = False  # checked in _on_requested, against the live config
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.acse_timeout = 30
+        ae.add_supported_context(Verification)
+        seen = set()
+        for uid in CT_STORAGE_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+            seen.add(uid)
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax not in seen:
+                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+                seen.add(cx.abstract_syntax)
+        return ae
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (useful with port 0)."""
+        if self._server is None:
+            return (self.host, self.port)
+        return self._server.server_address[:2]
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self.ae.start_server(
+            (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+        )
+        log.info("scp_listening", ae_title=self.ae_title, host=self.host, port=self.address[1], tls=self.ssl_context is not None)
+
+    def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop accepting; let running associations finish for up to ``grace_s``, then abort them."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(a.is_alive() for a in self.ae.active_associations):
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            assoc.abort()
+        log.info("scp_stopped", ae_title=self.ae_title)
+
+    # -- handlers: each does one thing and returns a status where DICOM wants one --
+
+    def _on_conn_open(self, event) -> None:
+        if not self.tcp_nodelay:
+            return
+        try:
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_requested(self, event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling_ae = str(rq.calling_ae_title).strip()
+        called_ae = str(rq.called_ae_title).strip()
+        peer = assoc.requestor.address
+        refusal = check_association(self.config_provider(), called_ae, calling_ae, peer)
+        if refusal is not None:
+            log.warning(
+                "association_rejected", calling_ae=calling_ae, called_ae=called_ae, peer=peer,
+                reason=refusal.why, diagnostic=int(refusal.reason),
+            )
+            assoc.acse.send_reject(refusal.result, refusal.source, int(refusal.reason))
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ, as pynetdicom's own rejections do
+
+    def _on_accepted(self, event) -> None:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        with self._stats_lock:
+            self._stats[id(event.assoc)] = _AssociationStats(calling_ae)
+        log.info("association_accepted", calling_ae=calling_ae, peer=event.assoc.requestor.address)
+
+    def _on_ended(self, event) -> None:
+        with self._stats_lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        log.info(
+            "association_ended",
+            calling_ae=stats.calling_ae,
+            how="released" if event.event is evt.EVT_RELEASED else "aborted",
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            failed=stats.failed,
+            megabytes=round(stats.bytes / 1e6, 1),
+            seconds=round(time.monotonic() - stats.started, 3),
+        )
+
+    def _on_echo(self, event) -> int:
+        return 0x0000
+
+    def _on_store(self, event) -> int:
+        t0 = time.monotonic()
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        request = event.request
+        with self._stats_lock:
+            stats = self._stats.get(id(event.assoc))
+        try:
+            dataset = request.DataSet.getvalue()
+            result = self.receiver.receive(
+                dataset,
+                sop_class_uid=request.AffectedSOPClassUID,
+                sop_instance_uid=request.AffectedSOPInstanceUID,
+                transfer_syntax=event.context.transfer_syntax,
+                calling_ae=calling_ae,
+                accept_other_storage=self.config_provider().node.accept_other_storage,
+            )
+            size = len(dataset)
+        except Exception as exc:  # the node never dies on bad input
+            log.error("store_failed", calling_ae=calling_ae, sop_instance_uid=str(request.AffectedSOPInstanceUID), error=type(exc).__name__)
+            if stats:
+                stats.failed += 1
+            return int(StoreStatus.CANNOT_UNDERSTAND)
+        if result.status != StoreStatus.SUCCESS:
+            log.warning(
+                "store_refused",
+                calling_ae=calling_ae,
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                status=f"0x{int(result.status):04X}",
+                reason=result.why,
+            )
+            if stats:
+                stats.failed += 1
+            return int(result.status)
+        record = result.record
+        duplicate = record.outcome.value == "duplicate"
+        if stats:
+            stats.bytes += size
+            if duplicate:
+                stats.duplicates += 1
+            else:
+                stats.stored += 1
+        log.debug(
+            "instance_stored",
+            calling_ae=calling_ae,
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            series_uid=record.series.series_instance_uid,
+            outcome=record.outcome.value,
+            ms=round((time.monotonic() - t0) * 1000, 2),
+        )
+        if self.on_instance is not None and not duplicate:
+            try:
+                self.on_instance(record)
+            except Exception as exc:  # the instance is safe on disk; the assembler re-reads the DB on restart
+                log.error("assembler_notify_failed", series_uid=record.series.series_instance_uid, error=type(exc).__name__)
+        return int(StoreStatus.SUCCESS)

@@ -1,0 +1,112 @@
+"""The spool: received instances on disk, exactly as they arrived, written durably.
+
+Layout: ``data_dir/spool/<study>/<series>/<instance>.dcm`` where each part is the first 32 hex
+digits of the SHA-256 of the UID. A UID never goes raw into a path, so a hostile UID such as
+``../../x`` cannot escape ``data_dir``. Each file is the DICOM File Format (preamble, file meta,
+then the dataset bytes as the peer encoded them: nothing is decoded on receipt).
+
+Durability: the bytes go to a temporary file in the target folder, which is fsynced, renamed over
+the final name and followed by an fsync of the folder. Only then may the C-STORE success status go
+out: a process killed at any instant leaves either the previous file or the new one, never a torn
+one. Leftover ``*.part`` files of writes that never finished are removed by :meth:`Spool.sweep`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+SPOOL_DIRNAME = "spool"
+PART_SUFFIX = ".part"
+
+
+def uid_key(uid: str) -> str:
+    """The path-safe name for a UID: 32 hex digits of its SHA-256."""
+    return hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:32]
+
+
+def content_digest(data: bytes | memoryview) -> str:
+    """SHA-256 of the dataset bytes: what decides whether a repeated instance is the same."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable file storage for received instances under ``data_dir/spool``."""
+
+    def __init__(self, data_dir: str | os.PathLike) -> None:
+        self.root = Path(data_dir) / SPOOL_DIRNAME
+        self._known_dirs: set[Path] = set()
+        self._ensure_dir(self.root)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        return self.root / uid_key(study_uid) / uid_key(series_uid) / f"{uid_key(sop_instance_uid)}.dcm"
+
+    def _ensure_dir(self, folder: Path) -> None:
+        """Create ``folder`` (and parents) durably: each new entry's parent is fsynced."""
+        if folder in self._known_dirs:
+            return
+        missing = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass
+            _fsync_dir(d.parent)
+        self._known_dirs.add(folder)
+
+    def write(self, path: Path, chunks: list[bytes | memoryview]) -> None:
+        """Write ``chunks`` to ``path`` atomically and durably (raises ``OSError`` on failure)."""
+        folder = path.parent
+        self._ensure_dir(folder)
+        part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident():x}{PART_SUFFIX}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, path)
+        except BaseException:
+            try:
+                part.unlink()
+            except OSError:
+                pass
+            raise
+        _fsync_dir(folder)
+
+    def remove(self, path: Path) -> None:
+        """Remove a file the database no longer refers to (missing is fine)."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def sweep(self) -> int:
+        """Remove the temporary files of writes that a crash interrupted; returns how many."""
+        removed = 0
+        for part in self.root.rglob(f"*{PART_SUFFIX}"):
+            try:
+                part.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed

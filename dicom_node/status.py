@@ -1,0 +1,102 @@
+"""``m2unet-node status [--json]``: series received, queued, running, done, failed; pending deliveries.
+
+JSON: ``{"data_dir", "counts": {state: n}, "series": [...], "deliveries": {...}}`` where each series
+has ``study_instance_uid``, ``series_instance_uid``, ``calling_ae``, ``instances``, ``state``,
+``reason``, ``version``, ``first_received``, ``last_received`` (UTC, ISO 8601); ``deliveries`` is the
+results' ``delivery_summary`` (pending, failed, delivered and the items not yet delivered) when
+the results part is installed. Only UIDs, AE titles and counts: never patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from datetime import datetime, timezone
+
+from dicom_node import db
+from dicom_node.config import ConfigError, load_config
+
+
+def _iso(ts: float) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def _deliveries(conn: sqlite3.Connection) -> dict | None:
+    try:
+        from dicom_node.outbox import delivery_summary
+    except ImportError:
+        return None
+    try:
+        return delivery_summary(conn)
+    except sqlite3.Error as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def collect_status(conn: sqlite3.Connection) -> dict:
+    series = [
+        {
+            "study_instance_uid": s.study_instance_uid,
+            "series_instance_uid": s.series_instance_uid,
+            "calling_ae": s.calling_ae,
+            "instances": s.instances,
+            "state": s.state,
+            "reason": s.reason,
+            "version": s.version,
+            "first_received": _iso(s.first_received),
+            "last_received": _iso(s.last_received),
+        }
+        for s in db.list_series(conn)
+    ]
+    return {
+        "data_dir": str(db.data_dir_of(conn)),
+        "counts": db.state_counts(conn),
+        "series": series,
+        "deliveries": _deliveries(conn),
+    }
+
+
+def format_status(status: dict) -> str:
+    counts = status["counts"]
+    lines = [
+        f"data_dir: {status['data_dir']}",
+        "series: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+    ]
+    if status["series"]:
+        lines.append("")
+        lines.append(f"{'state':<10} {'instances':>9}  {'calling AE':<16} series / reason")
+        for s in status["series"]:
+            lines.append(f"{s['state']:<10} {s['instances']:>9}  {s['calling_ae']:<16} {s['series_instance_uid']}")
+            if s["reason"]:
+                lines.append(f"{'':<38} reason: {s['reason']}")
+    d = status["deliveries"]
+    if d is not None:
+        lines.append("")
+        if "error" in d:
+            lines.append(f"deliveries: unavailable ({d['error']})")
+        else:
+            lines.append(
+                f"deliveries: pending {d.get('pending', 0)}, failed {d.get('failed', 0)}, delivered {d.get('delivered', 0)}"
+            )
+            for item in d.get("items", []) or []:
+                err = f" ({item.get('last_error')})" if item.get("last_error") else ""
+                lines.append(
+                    f"  {item.get('destination', '?')}: {item.get('sop_instance_uid', '?')} attempts {item.get('attempts', 0)}{err}"
+                )
+    return "\n".join(lines)
+
+
+def print_status(config_path, as_json: bool = False) -> int:
+    """Print the node's state; exit code 0, or 2 when the config cannot be read."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    conn = db.connect(config.node.data_dir)
+    try:
+        status = collect_status(conn)
+    finally:
+        conn.close()
+    print(json.dumps(status, indent=2) if as_json else format_status(status))
+    return 0

@@ -1,0 +1,309 @@
+"""Synthetic chest CT phantoms with lobe labels and COVID-19-like findings.
+
+``make_phantom(seed)`` builds one case: a CT volume in HU (body wall and subcutaneous fat, ribs,
+spine and sternum, mediastinum, heart and aorta, trachea and bronchi, pulmonary vessels, and two
+lungs split into lobes by curved fissures), its 7-class label map (:class:`SegmentationClass`),
+ground-glass and consolidation masks, each lobe's involvement, the CT severity score and the
+severity label (:mod:`m2unet.phantom_severity` documents the rule). The same seed always gives the
+same case; the anatomy, findings and scanner do not depend on the grid asked for, so a small
+``shape`` gives a coarse view of the same chest. Training, the tests and the node's ``send-demo``
+all use it; :mod:`m2unet.phantom_dicom` writes it as a DICOM CT series or NIfTI.
+
+Rendering goes one slab of slices at a time, twice: the first pass builds the class map and the
+histograms that turn each lobe's designed involvement into a threshold on the lesion field, the
+second the HU. Memory is the output arrays plus a few slab-sized temporaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from m2unet.labels import CLASS_TO_LOBE, Lobe, SegmentationClass, to_lobe_map
+from m2unet.phantom_anatomy import Anatomy, ChestSections, central_tubes, sample_anatomy
+from m2unet.phantom_geometry import Grid, sample_grid
+from m2unet.phantom_lesions import (
+    LEVELS,
+    LesionDesign,
+    LesionField,
+    histogram,
+    sample_design,
+    thresholds,
+)
+from m2unet.phantom_scanners import ScannerProfile, resolve_scanner
+from m2unet.phantom_severity import is_severe, lobe_severity_score
+from m2unet.phantom_tubes import TubePainter
+from m2unet.phantom_vessels import lobe_trees
+from m2unet.volume import IDENTITY_DIRECTION, Volume
+
+_SLAB_VOXELS = 1 << 23  # voxels per slab (32 slices of 512 x 512)
+_DESIGN_STEP_MM = 4.0  # spacing of the coarse grid that holds the lesion field and vessel seeds
+_POINTS_PER_LOBE = 256
+_MAX_HU = 3071
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One synthetic case. Arrays are indexed (z, y, x) on ``volume``'s grid."""
+
+    seed: int
+    volume: Volume
+    class_map: np.ndarray  # uint8, SegmentationClass labels
+    lesion_mask: np.ndarray  # bool: ground-glass or consolidation
+    consolidation_mask: np.ndarray  # bool, a subset of lesion_mask
+    involvement_percent: dict[Lobe, float]
+    lobe_scores: dict[Lobe, int]  # CT severity score per lobe, 0-5 (Pan et al. 2020)
+    ct_severity_score: int  # total, 0-25
+    severe: bool  # the rule in m2unet.phantom_severity: total score >= 18
+    scanner: ScannerProfile
+    noise_sd_hu: float
+    anatomy: Anatomy = field(repr=False)
+    design: LesionDesign = field(repr=False)
+
+    @property
+    def severity(self) -> str:
+        return "severe" if self.severe else "non-severe"
+
+    @property
+    def lobe_map(self) -> np.ndarray:
+        """The 5-lobe map (:class:`Lobe` labels; the lingula merged into the left upper lobe)."""
+        return to_lobe_map(self.class_map)
+
+    @property
+    def case_key(self) -> str:
+        """What identifies this case among phantoms: seed, grid, scanner and severity."""
+        v = self.volume
+        spacing = ",".join(f"{s:.4f}" for s in v.spacing)
+        return f"m2unet-phantom:{self.seed}:{v.shape}:{spacing}:{self.scanner.name}:{self.severity}"
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _lobe_points(rng: np.random.Generator, coarse: Grid, class_map: np.ndarray) -> dict[int, np.ndarray]:
+    """Up to _POINTS_PER_LOBE points (x, y, z mm) drawn inside each class of a coarse map."""
+    points = {}
+    spacing = np.asarray(coarse.spacing)
+    origin = np.asarray(coarse.origin)
+    for label in range(1, 7):
+        zyx = np.argwhere(class_map == label)
+        if len(zyx) == 0:
+            continue
+        take = rng.choice(len(zyx), size=min(_POINTS_PER_LOBE, len(zyx)), replace=False)
+        xyz = zyx[take][:, ::-1] + rng.uniform(-0.5, 0.5, size=(len(take), 3))
+        points[label] = origin + xyz * spacing
+    return points
+
+
+def _hila(a: Anatomy) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Artery and vein roots for each class: pulmonary arteries high, veins towards the atrium."""
+    zc = a.z_of_t(a.carina_t)
+    hila = {}
+    for labels, sign in (((1, 2, 3), -1), ((4, 5, 6), 1)):
+        artery = np.array([a.centre_x + sign * (a.hilum_mm + 6), a.centre_y + a.trachea_v - 4, zc - 0.06 * a.lung_height])
+        vein = np.array(
+            [
+                a.centre_x + sign * (a.hilum_mm + 2),
+                a.centre_y + a.heart_v + 0.55 * a.heart_axes[1],
+                a.z_of_t(a.heart_t) + 0.35 * a.heart_axes[2],
+            ]
+        )
+        for label in labels:
+            hila[label] = (artery, vein)
+    return hila
+
+
+def _noise_bank(rng: np.random.Generator, scanner: ScannerProfile, shape2d, count: int, pad: int) -> np.ndarray:
+    """Unit-variance noise slices with the scanner's texture, larger than a slice by ``pad``."""
+    ny, nx = shape2d
+    bank = rng.standard_normal((count, ny + pad, nx + pad)).astype(np.float32)
+    sigma = 0.2 + 1.3 * scanner.noise_correlation
+    bank = gaussian_filter(bank, (0, sigma, sigma), mode="wrap")
+    bank /= bank.std(axis=(1, 2), keepdims=True) + 1e-6
+    return bank
+
+
+def _blur_in_plane(hu: np.ndarray, b: float) -> np.ndarray:
+    """A 3-tap [b, 1 - 2b, b] blur along y and x (the reconstruction kernel's softness)."""
+    if b <= 0:
+        return hu
+    b = np.float32(b)
+    for axis in (2, 1):
+        n = hu.shape[axis]
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+        lo, hi = tuple(lo), tuple(hi)
+        diff = np.subtract(hu[hi], hu[lo])  # forward differences
+        diff *= b
+        hu[lo] += diff  # x[i] += b (x[i+1] - x[i])
+        hu[hi] -= diff  # x[i+1] -= b (x[i+1] - x[i])
+    return hu
+
+
+def _lung_box(cm: np.ndarray):
+    """The rows and columns (slices) that hold lung in a slab of the class map, or None."""
+    rows = np.flatnonzero(cm.any(axis=(0, 2)))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(cm.any(axis=(0, 1)))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=None) -> Phantom:
+    """Build the synthetic chest CT of ``seed``.
+
+    ``shape`` (z, y, x) and ``spacing`` (x, y, z, mm) default to a draw from the paper's range
+    (512 x 512~666 pixels of 0.586~0.984 mm, 23~732 slices 0.4~10 mm apart); give ``shape`` alone
+    for a coarse grid over the whole chest (``shape=(24, 128, 128)`` for tests). ``severity``
+    forces the label ("severe" or "non-severe"); left None, about one case in five is severe.
+    ``scanner`` is a profile name of :data:`m2unet.phantom_scanners.SCANNERS`, a
+    :class:`ScannerProfile`, or None to draw one.
+    """
+    seed = _check_seed(seed)
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 0x6D32]).spawn(6)]
+    rng_grid, rng_anatomy, rng_design, rng_scanner, rng_vessels, rng_noise = streams
+    profile = resolve_scanner(scanner, rng_scanner)
+    grid = sample_grid(rng_grid, shape, spacing)
+    anatomy = sample_anatomy(rng_anatomy, grid)
+    design = sample_design(rng_design, severity)
+    noise_sd = float(rng_scanner.uniform(*profile.noise_sd_hu))
+
+    sections = ChestSections(anatomy, grid)
+    coarse_grid = grid.coarsened(_DESIGN_STEP_MM)
+    coarse = ChestSections(anatomy, coarse_grid)
+    coarse_classes = coarse.class_slab(0, coarse_grid.shape[0])
+    lesion_field = LesionField(design, coarse, rng_design)
+    lesion_field.bind(grid)
+
+    solid, airways = central_tubes(anatomy, grid)
+    h = float(min(grid.spacing[:2]))
+    points = _lobe_points(rng_vessels, coarse_grid, coarse_classes)
+    vessels = lobe_trees(
+        rng_vessels,
+        points,
+        _hila(anatomy),
+        total_points=sum(len(p) for p in points.values()),
+        hilum_radius=7.0,
+        min_radius=max(0.6, 0.35 * h),
+        value=anatomy.blood_hu,
+    )
+    solid_painter = TubePainter(solid.split(16.0), grid)
+    vessel_painter = TubePainter(vessels.split(12.0), grid)
+    airway_painter = TubePainter(airways.split(12.0), grid)
+
+    nz, ny, nx = grid.shape
+    step = max(1, _SLAB_VOXELS // (ny * nx))
+    slabs = [(k, min(k + step, nz)) for k in range(0, nz, step)]
+
+    # pass 1: class map, and the lesion field's histogram in each class (on a subsample when big)
+    stride = 1 if nz * ny * nx <= _SLAB_VOXELS else 2
+    class_map = np.empty(grid.shape, dtype=np.uint8)
+    hist = np.zeros((7, LEVELS), dtype=np.int64)
+    for k0, k1 in slabs:
+        solid_mask = solid_painter.mask((k1 - k0, ny, nx), k0)
+        cm = sections.class_slab(k0, k1, solid_mask)
+        class_map[k0:k1] = cm
+        box = _lung_box(cm)
+        if box is None:
+            continue
+        ys, xs = box
+        zi = np.arange(k0 + (-k0) % stride, k1, stride)
+        yi = np.arange(ys.start, ys.stop, stride)
+        xi = np.arange(xs.start, xs.stop, stride)
+        if len(zi):
+            sub = cm[zi - k0][:, yi][:, :, xi]
+            hist += histogram(sub, lesion_field.read(zi, yi, xi))
+    lesion_level, consolidation_level = thresholds(design, hist)
+
+    # pass 2: HU
+    hu = np.empty(grid.shape, dtype=np.int16)
+    lesion_mask = np.zeros(grid.shape, dtype=bool)
+    consolidation_mask = np.zeros(grid.shape, dtype=bool)
+    lobe_voxels = np.zeros(7, dtype=np.int64)
+    lesion_voxels = np.zeros(7, dtype=np.int64)
+    pad = 32
+    bank = _noise_bank(rng_noise, profile, (ny, nx), 6, pad)
+    offsets = rng_noise.integers(0, pad + 1, size=(nz, 2))
+    which = rng_noise.integers(0, len(bank), size=nz)
+    flips = rng_noise.integers(0, 2, size=nz)
+    yy = np.arange(ny, dtype=np.float32)[:, None] * grid.spacing[1]
+    xx = np.arange(nx, dtype=np.float32)[None, :] * grid.spacing[0]
+    ey, ex = yy[-1, 0] / 2, xx[0, -1] / 2
+    outside_fov = ((yy - ey) ** 2 + (xx - ex) ** 2) > min(ex, ey) ** 2
+    gg_lo, gg_hi = design.ground_glass_hu
+    for k0, k1 in slabs:
+        cm = class_map[k0:k1]
+        tissue = sections.tissue_slab(k0, k1)
+        solid_painter.blend(tissue, k0)
+        box = _lung_box(cm)
+        if box is not None:
+            ys, xs = box
+            cmb = cm[:, ys, xs]
+            tb = tissue[:, ys, xs]
+            np.copyto(tb, sections.lung_hu[ys, xs], where=cmb > 0)
+            f = lesion_field.read(np.arange(k0, k1), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop))
+            lo = np.take(lesion_level, cmb)
+            lesion = f >= lo
+            if lesion.any():
+                hi = np.take(consolidation_level, cmb[lesion])
+                lo_l = lo[lesion]
+                f_l = f[lesion]
+                cons_l = f_l >= hi
+                span = np.where(np.isfinite(hi), hi - lo_l, np.float32(LEVELS) - lo_l)
+                s_l = np.sqrt(np.clip((f_l - lo_l) / np.maximum(span, 1), 0, 1))
+                values = gg_lo + (gg_hi - gg_lo) * s_l
+                values[cons_l] = design.consolidation_hu
+                tb[lesion] = values
+                cons = np.zeros_like(lesion)
+                cons[lesion] = cons_l
+                lesion_mask[k0:k1, ys, xs] = lesion
+                consolidation_mask[k0:k1, ys, xs] = cons
+                lesion_voxels += np.bincount(cmb[lesion], minlength=7)
+            lobe_voxels += np.bincount(cmb.ravel(), minlength=7)
+        vessel_painter.blend(tissue, k0)
+        airway_painter.blend(tissue, k0)
+        tissue = _blur_in_plane(tissue, profile.blur)
+        tissue *= np.float32(profile.hu_gain)
+        tissue += np.float32(profile.hu_offset)
+        for j, k in enumerate(range(k0, k1)):
+            oy, ox = offsets[k]
+            n = bank[which[k], oy : oy + ny, ox : ox + nx]
+            if flips[k]:
+                n = n[::-1]
+            tissue[j] += np.float32(noise_sd) * n
+        np.copyto(tissue, np.float32(profile.outside_fov_hu), where=outside_fov)
+        np.clip(tissue, max(profile.min_hu, -3024), _MAX_HU, out=tissue)
+        np.rint(tissue, out=tissue)
+        hu[k0:k1] = tissue
+
+    involvement = {}
+    scores = {}
+    for lobe in Lobe:
+        classes = np.flatnonzero(CLASS_TO_LOBE == lobe)
+        n = int(lobe_voxels[classes].sum())
+        involvement[lobe] = 100.0 * int(lesion_voxels[classes].sum()) / n if n else 0.0
+        scores[lobe] = lobe_severity_score(involvement[lobe])
+    total = int(sum(scores.values()))
+    volume = Volume(hu=hu, spacing=grid.spacing, origin=grid.origin, direction=IDENTITY_DIRECTION)
+    return Phantom(
+        seed=seed,
+        volume=volume,
+        class_map=class_map,
+        lesion_mask=lesion_mask,
+        consolidation_mask=consolidation_mask,
+        involvement_percent=involvement,
+        lobe_scores=scores,
+        ct_severity_score=total,
+        severe=is_severe(total),
+        scanner=profile,
+        noise_sd_hu=noise_sd,
+        anatomy=anatomy,
+        design=design,
+    )
+

@@ -1,0 +1,558 @@
+"""Inference: a CT volume in, the lobe map and the severity call out (Section III, at test time).
+
+:class:`Predictor` holds a loaded network and maps a :class:`~m2unet.volume.Volume` to a
+:class:`Prediction`:
+
+* the **lobe map** on the source grid, every source slice: the decoder segments whole slices
+  (the network is fully convolutional; the paper's patches are a training device), the 7 classes
+  are merged to the 5 lobes (:func:`m2unet.labels.to_lobe_map`) and cleaned up
+  (:mod:`m2unet.postprocess`: lobes only inside the lungs, no islands);
+* the **probability of severe**: the paper's test-time input, a bag of 200 patches of 128 x 128 from
+  the body region (:func:`m2unet.preprocessing.sample_bag`), through the encoder and the two MIL
+  levels; ``bags`` bags are drawn from one generator seeded from the series and their probabilities
+  averaged; the call is "severe" when the mean reaches the weights' threshold.
+
+How it is made fast on a CPU without changing the answer (figures in ``docs/engine-performance.md``):
+segmentation runs only on slices that hold lung (:mod:`m2unet.lungs`), each batch of consecutive
+slices cropped to the lungs' in-plane bounding box plus a context margin, the box aligned to the
+network's 16-pixel pooling grid so that every 2x2 max-pooling sees the same pixels as on the whole
+slice (outside the crop the window maps air to 0, the value the convolutions pad with); batch norm is
+folded into the convolutions; tensors are channels-last; everything under ``torch.inference_mode``.
+Voxels outside the crops are background, which the clean-up would make them anyway (lobes only
+inside the lungs). Slices are windowed a batch at a time: no float32 copy of the volume is held.
+
+Variants (``metadata.variant``): ``seg_only`` weights give ``probability_severe = None`` and
+``severity = None``; ``cls_only`` weights give ``lobe_map = None`` and ``class_map = None``.
+:attr:`Prediction.has_severity` and :attr:`Prediction.has_lobes` say which; a consumer that needs
+both (the node's SEG + SR) calls :meth:`Predictor.require_variant` at start-up and refuses the
+weights there, with a message naming the variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import structlog
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from m2unet.device import PrecisionPolicy, precision_policy, resolve_device
+from m2unet.labels import to_lobe_map
+from m2unet.lungs import lung_mask
+from m2unet.model import DOWNSAMPLING, DecodingBlock, M2UNet
+from m2unet.postprocess import postprocess
+from m2unet.preprocessing import (
+    BodyBox,
+    PreprocessingConfig,
+    body_box,
+    resample_in_plane,
+    resampled_shape,
+    restore_in_plane_logits,
+    sample_bag,
+    window,
+)
+from m2unet.volume import Volume, validate_volume
+
+log = structlog.get_logger(__name__)
+
+SEVERE = "severe"
+NON_SEVERE = "non-severe"
+MIN_SLICES = 2  # one slice is a localiser or a single image, not a volume to segment in 3D
+DEFAULT_BAGS = 3  # see docs/engine-performance.md, "Bags"
+STAGES = ("preprocess", "lungs", "segmentation", "classification", "postprocess", "total")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How segmentation is run; every field leaves the answer as the plain forward gives it
+    (within the Dice measured in ``docs/engine-performance.md``) and only changes the cost.
+
+    ``crop_margin``: pixels of context kept around the lungs' in-plane bounding box (None: whole
+    slices); ``decoder_margin``: pixels around that box where the two finest decoding blocks run
+    (None: over the whole crop; see :func:`segment_region`); ``skip_empty_slices``: slices without lung are background without running the
+    network; ``batch_size``: slices per forward; ``fuse_batch_norm`` and ``channels_last``: the
+    network's layout; ``patch_batch``: bag patches per encoder forward.
+    """
+
+    crop_margin: int | None = 96
+    decoder_margin: int | None = 8
+    skip_empty_slices: bool = True
+    batch_size: int = 2
+    fuse_batch_norm: bool = True
+    channels_last: bool = True
+    patch_batch: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("crop_margin", "decoder_margin"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be None or a non-negative integer, got {value!r}")
+        for name in ("batch_size", "patch_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "InferenceOptions":
+        if device.type == "cuda":
+            return cls(batch_size=16, patch_batch=200)
+        return cls()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The engine's answer for one volume.
+
+    ``lobe_map`` (uint8, z-y-x, the source grid, :class:`m2unet.labels.Lobe` labels, 0 elsewhere)
+    and ``class_map`` (uint8, the 7 decoder classes before the clean-up) are None for ``cls_only``
+    weights; ``probability_severe`` (mean over ``bags`` bags) and ``severity`` ("severe" |
+    "non-severe", ``probability_severe >= threshold``) are None for ``seg_only`` weights.
+    ``bag_probabilities`` holds each bag's probability. ``timings``: seconds per stage
+    (:data:`STAGES`).
+    """
+
+    lobe_map: np.ndarray | None
+    class_map: np.ndarray | None
+    probability_severe: float | None
+    severity: str | None
+    threshold: float
+    timings: dict[str, float]
+    model_name: str
+    model_version: str
+    weights_sha256: str
+    device: str
+    bags: int
+    variant: str = "m2unet"
+    seed: int = 0
+    bag_probabilities: tuple[float, ...] = ()
+    lung_slices: int = 0
+    trained: bool = False
+    raw_class_map: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def has_lobes(self) -> bool:
+        return self.lobe_map is not None
+
+    @property
+    def has_severity(self) -> bool:
+        return self.probability_severe is not None
+
+
+# -- the network, prepared for inference --------------------------------------------------------
+
+
+def fold_batch_norm(model: M2UNet) -> M2UNet:
+    """A copy of ``model`` (eval mode) with every conv -> batch-norm pair of a ``Sequential`` folded
+    into one convolution; outputs equal the original's up to float rounding."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module._modules[first] = fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+    return model
+
+
+def content_seed(hu: np.ndarray) -> int:
+    """A 63-bit seed from the array's shape, dtype and bytes (sha256), so that the same volume always
+    gives the same bags when the caller has no series key."""
+    digest = hashlib.sha256(f"{hu.shape}|{hu.dtype.str}|".encode())
+    for z in range(hu.shape[0]):  # one slice at a time: no copy of a non-contiguous volume
+        digest.update(np.ascontiguousarray(hu[z]).data)
+    return int.from_bytes(digest.digest()[:8], "big") & (2**63 - 1)
+
+
+# -- where to run the network -------------------------------------------------------------------
+
+
+Box = tuple[int, int, int, int]  # rows [y0, y1), columns [x0, x1)
+
+
+@dataclass(frozen=True)
+class Slab:
+    """Slices segmented in one forward. ``outer``: the window the encoder sees, in the slice
+    zero-padded to multiples of 16; its bounds are multiples of 16 (the pooling grid of the whole
+    slice) and ``y1``/``x1`` may pass the image's edge. ``inner``: the part of it (same
+    coordinates, multiples of 16, inside ``outer``) where the finest decoding blocks run and labels
+    are kept; it holds the lungs of these slices with a margin."""
+
+    z: tuple[int, ...]
+    outer: Box
+    inner: Box
+
+
+def _aligned(lo: int, hi: int, margin: int, limit: int) -> tuple[int, int]:
+    padded = -(-limit // DOWNSAMPLING) * DOWNSAMPLING
+    lo = max(0, (lo - margin) // DOWNSAMPLING * DOWNSAMPLING)
+    hi = min(padded, -(-(hi + margin) // DOWNSAMPLING) * DOWNSAMPLING)
+    return lo, hi
+
+
+def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: int = 0) -> list[Slab]:
+    """Group the slices to segment into batches of consecutive slices with their windows.
+
+    ``extra_margin`` (pixels) widens the inner window beyond the lungs, for a clean-up that keeps
+    labels a little outside the lung mask."""
+    depth, height, width = lung_mask.shape
+    full = (0, -(-height // DOWNSAMPLING) * DOWNSAMPLING, 0, -(-width // DOWNSAMPLING) * DOWNSAMPLING)
+    rows = lung_mask.any(axis=2)  # (z, y)
+    cols = lung_mask.any(axis=1)  # (z, x)
+    has_lung = rows.any(axis=1)
+    slices = np.flatnonzero(has_lung) if options.skip_empty_slices else np.arange(depth)
+    slabs = []
+    for start in range(0, len(slices), options.batch_size):
+        group = slices[start : start + options.batch_size]
+        z = tuple(int(k) for k in group)
+        lung = group[has_lung[group]]
+        if len(lung) == 0:
+            if options.crop_margin is None:
+                slabs.append(Slab(z, full, full))
+            continue  # no lung here: nothing to keep
+        ys = np.flatnonzero(rows[lung].any(axis=0))
+        xs = np.flatnonzero(cols[lung].any(axis=0))
+        y_lo, y_hi, x_lo, x_hi = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        if options.crop_margin is None:
+            outer = full
+        else:
+            outer = (*_aligned(y_lo, y_hi, options.crop_margin, height), *_aligned(x_lo, x_hi, options.crop_margin, width))
+        if options.decoder_margin is None:
+            inner = outer
+        else:
+            m = options.decoder_margin + extra_margin
+            inner = (*_aligned(y_lo, y_hi, m, height), *_aligned(x_lo, x_hi, m, width))
+            inner = (max(inner[0], outer[0]), min(inner[1], outer[1]), max(inner[2], outer[2]), min(inner[3], outer[3]))
+        slabs.append(Slab(z, outer, inner))
+    return slabs
+
+
+def _decode_region(block: DecodingBlock, coarse: torch.Tensor, coarse_box: Box, skip: torch.Tensor, box: Box) -> torch.Tensor:
+    """``block(coarse, skip)`` restricted to ``box`` (fine coordinates, even bounds, inside the
+    window that ``skip`` covers from 0), where ``coarse`` covers ``coarse_box`` (coarse coordinates).
+
+    The bilinear up-sampling is the model's (``size`` = twice the input, half-pixel centres): with
+    one coarse pixel of halo on each side that ``coarse`` has, every kept fine pixel is interpolated
+    from the same two coarse pixels as over the whole window. The block's convolutions then pad
+    with zeros at ``box``'s edge, which changes the output within 3 pixels of it; the caller keeps
+    its labels well inside."""
+    y0, y1, x0, x1 = box
+    cy0, cy1, cx0, cx1 = y0 // 2 - coarse_box[0], y1 // 2 - coarse_box[0], x0 // 2 - coarse_box[2], x1 // 2 - coarse_box[2]
+    hy0, hx0 = int(cy0 > 0), int(cx0 > 0)
+    hy1, hx1 = int(cy1 < coarse.shape[-2]), int(cx1 < coarse.shape[-1])
+    part = coarse[..., cy0 - hy0 : cy1 + hy1, cx0 - hx0 : cx1 + hx1]
+    up = F.interpolate(part, size=(2 * part.shape[-2], 2 * part.shape[-1]), mode="bilinear", align_corners=False)
+    up = up[..., 2 * hy0 : 2 * hy0 + y1 - y0, 2 * hx0 : 2 * hx0 + x1 - x0]
+    up = block.up(up)
+    return block.fuse(torch.cat([up, skip[..., y0:y1, x0:x1]], dim=1))
+
+
+def segment_region(network: M2UNet, images: torch.Tensor, inner: Box) -> torch.Tensor:
+    """Segmentation logits of ``images`` (``[P, 1, H, W]``, H and W multiples of 16) restricted to
+    ``inner`` (multiples of 16, relative to the images).
+
+    Equal to ``network.segment(images)[..., inner]`` inside ``inner`` away from its edge: the encoder
+    and the three coarsest decoding blocks run over the whole window (their receptive field is
+    wide), decoding block 3 over ``inner`` grown by 16 pixels and decoding block 2, at full
+    resolution and the costliest, over ``inner`` only."""
+    full = (0, images.shape[-2], 0, images.shape[-1])
+    if inner == full or not all(isinstance(getattr(network, f"decoding_block{i}", None), DecodingBlock) for i in (3, 2)):
+        return network.segment(images)[..., inner[0] : inner[1], inner[2] : inner[3]]
+    e1, e2, e3, e4, e5 = network.encode(images)
+    d = network.decoding_block5(e5, e4)
+    d = network.decoding_block4(d, e3)  # 1/4 resolution, whole window
+    y0, y1, x0, x1 = inner
+    middle = (max(y0 - 16, 0), min(y1 + 16, full[1]), max(x0 - 16, 0), min(x1 + 16, full[3]))
+    middle_half = tuple(v // 2 for v in middle)
+    d = _decode_region(network.decoding_block3, d, (0, 0, 0, 0), e2, middle_half)  # 1/2 resolution
+    d = _decode_region(network.decoding_block2, d, middle_half, e1, inner)  # full resolution
+    return network.decoding_block1(d)
+
+
+# -- the predictor ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class Predictor:
+    """A loaded M2UNet ready to map volumes to :class:`Prediction` s."""
+
+    def __init__(
+        self,
+        model: M2UNet,
+        metadata,
+        sha256: str,
+        device: str | torch.device = "auto",
+        bags: int = DEFAULT_BAGS,
+        options: InferenceOptions | None = None,
+    ) -> None:
+        if not isinstance(model, M2UNet):
+            raise ValueError(f"model must be an M2UNet, got {type(model).__name__}")
+        if isinstance(bags, bool) or not isinstance(bags, int) or not 1 <= bags <= 64:
+            raise ValueError(f"bags must be an integer in 1..64, got {bags!r}")
+        if getattr(metadata, "variant", model.variant) != model.variant:
+            raise ValueError(f"metadata variant {metadata.variant!r} does not match the model's {model.variant!r}")
+        self.device = resolve_device(device)
+        self.policy: PrecisionPolicy = precision_policy(self.device)
+        self.options = options or InferenceOptions.for_device(self.device)
+        self.metadata = metadata
+        self.sha256 = sha256
+        self.bags = bags
+        self.variant = model.variant
+        self.preprocessing: PreprocessingConfig = metadata.preprocessing_config
+        self.threshold = float(metadata.threshold)
+        network = fold_batch_norm(model) if self.options.fuse_batch_norm else copy.deepcopy(model).eval()
+        network = network.to(self.device)
+        if self.options.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        for p in network.parameters():
+            p.requires_grad_(False)
+        self.network = network
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        bags: int = DEFAULT_BAGS,
+        options: InferenceOptions | None = None,
+    ) -> "Predictor":
+        """Load a weights file (None: the shipped weights) onto ``device``."""
+        from m2unet.weights import default_weights_path, load_weights
+
+        resolved = resolve_device(device)  # refuse an absent CUDA before reading the file
+        loaded = load_weights(Path(path) if path is not None else default_weights_path(), "cpu")
+        return cls(loaded.model, loaded.metadata, loaded.sha256, resolved, bags=bags, options=options)
+
+    @property
+    def has_lobes(self) -> bool:
+        return self.network.has_decoder
+
+    @property
+    def has_severity(self) -> bool:
+        return self.network.has_classifier
+
+    def require_variant(self, *, lobes: bool = True, severity: bool = True) -> None:
+        """Raise ``ValueError`` when the weights lack a sub-network the caller needs."""
+        if lobes and not self.has_lobes:
+            raise ValueError(f"weights variant {self.variant!r} has no segmentation sub-network (no lobe map)")
+        if severity and not self.has_severity:
+            raise ValueError(f"weights variant {self.variant!r} has no classification sub-network (no severity)")
+
+    # -- public ---------------------------------------------------------------------------------
+    def predict(self, volume: Volume, seed: int | None = None, *, keep_raw: bool = False) -> Prediction:
+        """Segment the lobes and assess severity; ``seed`` drives the bag sampling (None: derived
+        from the volume's content; the node passes ``series_seed(SeriesInstanceUID)``).
+        ``keep_raw`` keeps the decoder's class map before the clean-up in ``raw_class_map``."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        with _stage(timings, "preprocess"):
+            self._check_input(volume)
+            if seed is None:
+                seed = content_seed(volume.hu)
+            elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+                raise ValueError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
+            seed = int(seed)
+            box = body_box(volume.hu, self.preprocessing)
+        lungs = None
+        raw = class_map = lobe_map = None
+        lung_slices = 0
+        if self.has_lobes:
+            with _stage(timings, "lungs"):
+                lungs = self.lung_mask(volume)
+                lung_slices = int(lungs.any(axis=(1, 2)).sum())
+            with _stage(timings, "segmentation"):
+                raw = self.segment(volume, lungs)
+        bag_probabilities: tuple[float, ...] = ()
+        probability = severity = None
+        if self.has_severity:
+            with _stage(timings, "classification"):
+                bag_probabilities = self.classify(volume, box, seed)
+                probability = float(np.mean(bag_probabilities))
+                severity = SEVERE if probability >= self.threshold else NON_SEVERE
+        if raw is not None:
+            with _stage(timings, "postprocess"):
+                class_map = self.clean_up(volume, raw, lungs)
+                lobe_map = to_lobe_map(class_map)
+        for stage in STAGES[:-1]:
+            timings.setdefault(stage, 0.0)
+        timings["total"] = time.perf_counter() - started
+        log.info(
+            "predicted",
+            slices=volume.shape[0],
+            lung_slices=lung_slices,
+            severity=severity,
+            probability_severe=None if probability is None else round(probability, 4),
+            seconds=round(timings["total"], 3),
+            device=str(self.device),
+        )
+        return Prediction(
+            lobe_map=lobe_map,
+            class_map=class_map,
+            probability_severe=probability,
+            severity=severity,
+            threshold=self.threshold,
+            timings=timings,
+            model_name=self.metadata.name,
+            model_version=self.metadata.version,
+            weights_sha256=self.sha256,
+            device=str(self.device),
+            bags=self.bags,
+            variant=self.variant,
+            seed=seed,
+            bag_probabilities=bag_probabilities,
+            lung_slices=lung_slices,
+            trained=bool(getattr(self.metadata, "trained", False)),
+            raw_class_map=raw if keep_raw else None,
+        )
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _check_input(self, volume: Volume) -> None:
+        if not isinstance(volume, Volume):
+            raise ValueError(f"volume must be an m2unet.volume.Volume, got {type(volume).__name__}")
+        validate_volume(volume)  # again: the array may have been changed since construction
+        if volume.shape[0] < MIN_SLICES:
+            raise ValueError(f"volume has {volume.shape[0]} slice(s); at least {MIN_SLICES} are needed")
+
+    def lung_mask(self, volume: Volume) -> np.ndarray:
+        """The HU lung mask of :func:`m2unet.lungs.lung_mask` (bool, z-y-x)."""
+        return np.asarray(lung_mask(volume), dtype=bool)
+
+    def clean_up(self, volume: Volume, class_map: np.ndarray, lung_mask: np.ndarray) -> np.ndarray:
+        """The clean-up of :func:`m2unet.postprocess.postprocess`: labels only inside the lungs, one
+        component per class, lung voxels without a label filled from the nearest."""
+        return np.asarray(postprocess(class_map, lung_mask, volume.spacing), dtype=np.uint8)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        if self.options.channels_last and tensor.ndim == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def segment(self, volume: Volume, lung_mask: np.ndarray) -> np.ndarray:
+        """The decoder's 7-class label map (uint8, source grid) before the clean-up; 0 outside the
+        windows of :func:`plan_slabs`."""
+        hu = volume.hu
+        height, width = hu.shape[1:]
+        class_map = np.zeros(hu.shape, dtype=np.uint8)
+        target = self.preprocessing.in_plane_spacing_mm
+        spacing_xy = (float(volume.spacing[0]), float(volume.spacing[1]))
+        for slab in plan_slabs(lung_mask, self.options):
+            z = list(slab.z)
+            if target is None:
+                labels, box = self._segment_native(hu, z, slab)
+            else:
+                labels, box = self._segment_resampled(hu, z, slab, spacing_xy, target)
+            y0, y1, x0, x1 = box
+            class_map[z, y0:y1, x0:x1] = labels
+        return class_map
+
+    def _segment_native(self, hu: np.ndarray, z: list[int], slab: Slab) -> tuple[np.ndarray, Box]:
+        height, width = hu.shape[1:]
+        oy0, oy1, ox0, ox1 = slab.outer
+        iy0, iy1, ix0, ix1 = slab.inner
+        images = np.zeros((len(z), 1, oy1 - oy0, ox1 - ox0), dtype=np.float32)
+        ey, ex = min(oy1, height), min(ox1, width)
+        images[:, 0, : ey - oy0, : ex - ox0] = window(hu[z, oy0:ey, ox0:ex], self.preprocessing)
+        inner = (iy0 - oy0, iy1 - oy0, ix0 - ox0, ix1 - ox0)
+        ky, kx = min(iy1, height) - iy0, min(ix1, width) - ix0  # the part inside the image
+        with torch.inference_mode(), self.policy.autocast():
+            logits = segment_region(self.network, self._to_device(images), inner)
+            labels = logits[..., :ky, :kx].argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return labels, (iy0, iy0 + ky, ix0, ix0 + kx)
+
+    def _segment_resampled(
+        self, hu: np.ndarray, z: list[int], slab: Slab, spacing_xy: tuple[float, float], target: float
+    ) -> tuple[np.ndarray, Box]:
+        """Weights trained at another pixel spacing: the window resampled in-plane, segmented whole,
+        the logits brought back to the source grid (bilinear) before the argmax."""
+        height, width = hu.shape[1:]
+        oy0, oy1, ox0, ox1 = slab.outer
+        ey, ex = min(oy1, height), min(ox1, width)
+        crop = (ey - oy0, ex - ox0)
+        images = self._resampled_images(window(hu[z, oy0:ey, ox0:ex], self.preprocessing), spacing_xy, target)
+        size = resampled_shape(crop, spacing_xy, target)
+        with torch.inference_mode(), self.policy.autocast():
+            logits = self.network.segment(self._to_device(images))
+            logits = restore_in_plane_logits(logits[..., : size[0], : size[1]].float(), crop)
+            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return labels, (oy0, ey, ox0, ex)
+
+    @staticmethod
+    def _resampled_images(windowed: np.ndarray, spacing_xy: tuple[float, float], target: float) -> np.ndarray:
+        resampled = resample_in_plane(windowed, spacing_xy, target)
+        h, w = resampled.shape[-2:]
+        images = np.zeros((len(resampled), 1, -(-h // 16) * 16, -(-w // 16) * 16), dtype=np.float32)
+        images[:, 0, :h, :w] = resampled
+        return images
+
+    def classify(self, volume: Volume, box: BodyBox, seed: int) -> tuple[float, ...]:
+        """The probability of severe of each of ``bags`` bags drawn from ``default_rng(seed)``."""
+        rng = np.random.default_rng(seed)
+        config = self.preprocessing
+        source, bag_box, hu_input = volume.hu, box, True
+        if config.in_plane_spacing_mm is not None:
+            source, bag_box = self._resampled_body(volume, box)
+            hu_input = False
+        probabilities = []
+        for _ in range(self.bags):
+            bag = sample_bag(source, bag_box, config, rng, hu=hu_input)
+            patches = bag.patches
+            embeddings = []
+            with torch.inference_mode(), self.policy.autocast():
+                for start in range(0, len(patches), self.options.patch_batch):
+                    chunk = self._to_device(np.ascontiguousarray(patches[start : start + self.options.patch_batch]))
+                    embeddings.append(self.network.encode(chunk)[-1])
+                logits = self.network.classify(torch.cat(embeddings), bag_size=len(patches)).float()
+                probabilities.append(float(torch.softmax(logits, dim=1)[0, 1]))
+        return tuple(probabilities)
+
+    def _resampled_body(self, volume: Volume, box: BodyBox) -> tuple[np.ndarray, BodyBox]:
+        """The body region's slices windowed and resampled in-plane (float32), and the box in it."""
+        target = float(self.preprocessing.in_plane_spacing_mm)
+        spacing_xy = (float(volume.spacing[0]), float(volume.spacing[1]))
+        zs, ys, xs = box.slices
+        h, w = resampled_shape((box.y1 - box.y0, box.x1 - box.x0), spacing_xy, target)
+        out = np.empty((box.z1 - box.z0, h, w), dtype=np.float32)
+        for start in range(box.z0, box.z1, 32):
+            stop = min(start + 32, box.z1)
+            windowed = window(volume.hu[start:stop, ys, xs], self.preprocessing)
+            out[start - box.z0 : stop - box.z0] = resample_in_plane(windowed, spacing_xy, target)
+        return out, BodyBox(0, box.z1 - box.z0, 0, h, 0, w)
+
+
+__all__ = [
+    "DEFAULT_BAGS",
+    "InferenceOptions",
+    "MIN_SLICES",
+    "NON_SEVERE",
+    "Prediction",
+    "Predictor",
+    "SEVERE",
+    "Slab",
+    "content_seed",
+    "fold_batch_norm",
+    "plan_slabs",
+]

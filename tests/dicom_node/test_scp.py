@@ -1,0 +1,189 @@
+"""The SCP with DCMTK's storescu/echoscu as scanners: storing, refusing, failing, never dying."""
+
+import random
+import subprocess
+import threading
+
+import numpy as np
+import pydicom
+import pytest
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage
+
+from dicom_node import db
+from dicom_node.reconstruct import reconstruct_series
+from dicom_node.spool import uid_key
+from tests.support.ct_series import phantom_hu, write_ct_series
+from tests.support.dcmtk import PROPOSE, compress, echoscu, have_dcmtk, storescu
+from tests.support.node_process import InProcessSCP
+
+pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK not installed")
+
+
+@pytest.fixture
+def scp(tmp_path):
+    with InProcessSCP(tmp_path, sources=("SCANNER", "SCANNER2", "SCANNER3", "SCANNER4"), series_timeout=0.5) as s:
+        yield s
+
+
+@pytest.fixture
+def series(tmp_path):
+    hu = phantom_hu(10, 24)
+    return hu, write_ct_series(tmp_path / "series", hu)
+
+
+def series_uid(path):
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+
+
+def send_raw(port, path, calling_ae="SCANNER"):
+    """C-STORE a file's bytes as they are (pynetdicom streams it without decoding)."""
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        ae = AE(ae_title=calling_ae)
+        ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", port, ae_title="M2UNET")
+        assert assoc.is_established
+        rsp = assoc.send_c_store(path)
+        assoc.release()
+        return int(rsp.Status)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+
+
+def test_happy_path_shuffled_arrival_stored_as_sent_and_queued(scp, series):
+    hu, files = series
+    shuffled = files[:]
+    random.Random(1).shuffle(shuffled)
+    run = storescu(scp.port, shuffled)
+    assert run.returncode == 0 and run.responses == ["Success"] * 10, run.output
+    uid = series_uid(files[0])
+    record = scp.wait_for_state(uid, ("queued",))
+    assert record.instances == 10 and record.calling_ae == "SCANNER" and record.version == 1
+    paths = db.series_instance_paths(scp.conn, uid)
+    assert len(paths) == 10 and all(p.is_relative_to(scp.data_dir / "spool") for p in paths)
+    for original in files:
+        sent = pydicom.dcmread(original)
+        stored = pydicom.dcmread(scp.spool.instance_path(sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID))
+        assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert stored.PixelData == sent.PixelData and stored.SOPInstanceUID == sent.SOPInstanceUID
+    assert np.array_equal(reconstruct_series(paths).volume.hu, hu)
+
+
+def test_duplicates_same_content_change_nothing_different_content_replaces_and_requeues(scp, series, tmp_path):
+    _, files = series
+    uid = series_uid(files[0])
+    assert storescu(scp.port, files).successes == 10
+    first = scp.wait_for_state(uid, ("queued",))
+    again = storescu(scp.port, files[:4])
+    assert again.responses == ["Success"] * 4
+    assert db.get_series(scp.conn, uid) == first  # same content: nothing changed, not re-opened
+
+    changed = pydicom.dcmread(files[3])
+    arr = changed.pixel_array.copy()
+    arr[0, 0] += 7
+    changed.PixelData = arr.tobytes()
+    changed.save_as(tmp_path / "changed.dcm")
+    assert storescu(scp.port, [tmp_path / "changed.dcm"]).responses == ["Success"]
+    record = scp.wait_for_state(uid, ("queued",))
+    assert record.version == 2 and record.instances == 10
+    stored = pydicom.dcmread(scp.spool.instance_path(changed.StudyInstanceUID, uid, changed.SOPInstanceUID))
+    assert stored.pixel_array[0, 0] == arr[0, 0]  # the newest copy wins
+
+
+def test_unknown_calling_ae_and_wrong_called_ae_are_refused(scp, series):
+    _, files = series
+    stranger = storescu(scp.port, files[:1], calling_ae="STRANGER")
+    assert stranger.association_rejected and "Calling AE Title Not Recognized" in stranger.output
+    wrong = echoscu(scp.port, called_ae="NOT_ME")
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stderr + wrong.stdout
+    assert echoscu(scp.port).returncode == 0
+    assert db.list_series(scp.conn) == []
+
+
+def test_bad_objects_get_failure_statuses_and_the_node_goes_on(scp, series, tmp_path):
+    _, files = series
+    sc = pydicom.dcmread(files[0])
+    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    sc.save_as(tmp_path / "sc.dcm")
+    no_pixels = pydicom.dcmread(files[1])
+    del no_pixels.PixelData
+    no_pixels.save_as(tmp_path / "nopixels.dcm")
+    run = storescu(scp.port, [tmp_path / "sc.dcm", tmp_path / "nopixels.dcm", files[2]])
+    assert run.responses[0] == "Refused: SOPClassNotSupported"
+    assert run.responses[1].startswith("Error: DataSetDoesNotMatchSOPClass"), run.responses
+    assert run.responses[2] == "Success"
+
+    raw = files[3].read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(raw[: len(raw) - 300])
+    assert send_raw(scp.port, tmp_path / "truncated.dcm") == 0xA900
+    meta_end = 132 + 12 + pydicom.dcmread(files[3]).file_meta.FileMetaInformationGroupLength
+    (tmp_path / "garbage.dcm").write_bytes(raw[:meta_end] + b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\x01\x02\x03")
+    assert 0xC000 <= send_raw(scp.port, tmp_path / "garbage.dcm") <= 0xCFFF
+    assert echoscu(scp.port).returncode == 0
+    assert db.get_series(scp.conn, series_uid(files[0])).instances == 1
+
+
+def test_accept_other_storage_stores_and_ignores(tmp_path, series):
+    _, files = series
+    sc = pydicom.dcmread(files[0])
+    sc.SOPClassUID = sc.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    sc.SeriesInstanceUID = pydicom.uid.generate_uid()
+    sc.save_as(tmp_path / "sc.dcm")
+    with InProcessSCP(tmp_path, series_timeout=0.3, accept_other_storage=True) as scp:
+        assert storescu(scp.port, [tmp_path / "sc.dcm"]).responses == ["Success"]
+        record = scp.wait_for_state(str(sc.SeriesInstanceUID), ("skipped",))
+        assert "not_ct_image 1" in record.reason
+
+
+def test_write_error_answers_out_of_resources(scp, series):
+    _, files = series
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    blocker = scp.data_dir / "spool" / uid_key(str(ds.StudyInstanceUID))
+    blocker.write_bytes(b"not a folder")  # every write into this study fails
+    run = storescu(scp.port, files[:2])
+    assert len(run.responses) == 2 and all("OutOfResources" in r or "A7" in r for r in run.responses), run.output
+    blocker.unlink()
+    assert storescu(scp.port, files[:2]).responses == ["Success"] * 2
+
+
+def test_hostile_uid_cannot_escape_data_dir(scp, tmp_path, series):
+    _, files = series
+    ds = pydicom.dcmread(files[0])
+    ds.SeriesInstanceUID = "../../../../escaped"
+    ds.save_as(tmp_path / "hostile.dcm")
+    assert send_raw(scp.port, tmp_path / "hostile.dcm") == 0x0000
+    [path] = db.series_instance_paths(scp.conn, "../../../../escaped")
+    assert path.resolve().is_relative_to((scp.data_dir / "spool").resolve())
+    assert not any(tmp_path.parent.glob("escaped*"))
+
+
+def test_compressed_instances_are_kept_as_they_arrived(scp, series, tmp_path):
+    _, files = series
+    packed = compress(files[:3], tmp_path / "jls", "jpeg-ls")
+    assert storescu(scp.port, packed, extra=[PROPOSE["jpeg-ls"]]).responses == ["Success"] * 3
+    for p in packed:
+        sent = pydicom.dcmread(p)
+        stored = pydicom.dcmread(scp.spool.instance_path(sent.StudyInstanceUID, sent.SeriesInstanceUID, sent.SOPInstanceUID))
+        assert stored.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+        assert stored.PixelData == sent.PixelData
+
+
+def test_four_concurrent_senders_lose_nothing(scp, tmp_path):
+    sets = [write_ct_series(tmp_path / f"s{i}", phantom_hu(10, 16, seed=i)) for i in range(4)]
+    runs = [None] * 4
+
+    def send(i):
+        runs[i] = storescu(scp.port, sets[i], calling_ae=["SCANNER", "SCANNER2", "SCANNER3", "SCANNER4"][i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.responses == ["Success"] * 10 for r in runs)
+    for files in sets:
+        record = scp.wait_for_state(series_uid(files[0]), ("queued",))
+        assert record.instances == 10
+    assert sum(1 for _ in (scp.data_dir / "spool").rglob("*.dcm")) == 40

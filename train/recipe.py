@@ -1,0 +1,198 @@
+"""The training recipe: every setting of a training run in one dataclass, saved beside the weights.
+
+The defaults are the paper's (Section III-F and IV-C): SGD, learning rate 0.01 with 'poly' decay of
+power 0.75, momentum 0.9, weight decay 1e-4, 100 epochs, lambda = 0.01 on the MIL loss, bags of
+200 patches of 128 x 128, severe cases duplicated to balance the classes, the segmentation loss only
+where lobe masks exist, native in-plane resolution (no resampling).
+
+Named presets (:data:`PRESETS`) change some of these settings; a preset's name is stored in the
+recipe, so a weights file always says how it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adamw")
+VARIANTS = ("m2unet", "cls_only", "seg_only")
+SELECTIONS = ("last", "best_auc", "best_dsc", "best_loss")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of one training run (defaults: the paper's recipe)."""
+
+    preset: str = "paper"
+    variant: str = "m2unet"
+    # optimisation (Section III-F)
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    poly_power: float = 0.75
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    steps_per_epoch: int | None = None  # None: one pass over the (balanced) training cases
+    bags_per_step: int = 1  # bags in one optimisation step (per process)
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    # loss = mil_weight * MIL + (cross-entropy + Dice)
+    mil_weight: float = 0.01
+    # bags (Section III-B and IV-C)
+    bag_size: int = 200
+    patch_size: int = 128
+    lung_patch_fraction: float = 0.0  # share of patches centred on the lungs; the rest anywhere in the body box
+    duplicate_severe: bool = True
+    # preprocessing (must match what the predictor does; stored in the weights' metadata)
+    in_plane_spacing_mm: float | None = None  # None: native resolution, as in the paper
+    window: tuple[float, float] = (-1200.0, 0.0)
+    # augmentation (intensity only, off in the paper)
+    intensity_jitter_hu: float = 0.0
+    # inference-time settings written to the weights
+    inference_bag_size: int = 200
+    decision_threshold: float = 0.5
+    # evaluation / selection
+    selection: str = "last"  # how the inner split picks the epoch: last | best_auc | best_dsc | best_loss
+    validation_fraction: float = 0.2  # inner split of each training set
+    validate_every: int = 1  # epochs
+    # run
+    seed: int = 0
+    amp: bool = True  # mixed precision on GPU (float16 autocast + grad scaler)
+    cpu_bfloat16: bool = False  # bfloat16 autocast on CPU
+    num_threads: int | None = None  # torch threads on CPU; None: torch's default
+    checkpoint_every: int = 1  # epochs
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_recipe(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["window"] = list(self.window)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"recipe has unknown settings: {', '.join(unknown)}")
+        data = dict(data)
+        if "window" in data:
+            data["window"] = tuple(float(v) for v in data["window"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a JSON recipe ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Raise ``ValueError`` naming the setting and value that cannot work."""
+    if recipe.variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {recipe.variant!r}")
+    if recipe.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {recipe.optimizer!r}")
+    if recipe.selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {recipe.selection!r}")
+    positive = {
+        "learning_rate": recipe.learning_rate,
+        "epochs": recipe.epochs,
+        "bags_per_step": recipe.bags_per_step,
+        "bag_size": recipe.bag_size,
+        "inference_bag_size": recipe.inference_bag_size,
+        "checkpoint_every": recipe.checkpoint_every,
+        "validate_every": recipe.validate_every,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    if recipe.steps_per_epoch is not None and recipe.steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be positive or None, got {recipe.steps_per_epoch!r}")
+    if recipe.patch_size < 16 or recipe.patch_size % 16:
+        raise ValueError(f"patch_size must be a positive multiple of 16, got {recipe.patch_size!r}")
+    if recipe.mil_weight < 0:
+        raise ValueError(f"mil_weight must be >= 0, got {recipe.mil_weight!r}")
+    if not 0.0 <= recipe.lung_patch_fraction <= 1.0:
+        raise ValueError(f"lung_patch_fraction must be in [0, 1], got {recipe.lung_patch_fraction!r}")
+    if not 0.0 < recipe.validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {recipe.validation_fraction!r}")
+    if not 0.0 <= recipe.decision_threshold <= 1.0:
+        raise ValueError(f"decision_threshold must be in [0, 1], got {recipe.decision_threshold!r}")
+    if recipe.in_plane_spacing_mm is not None and not 0.1 <= recipe.in_plane_spacing_mm <= 10.0:
+        raise ValueError(f"in_plane_spacing_mm must be None or in [0.1, 10] mm, got {recipe.in_plane_spacing_mm!r}")
+    if len(recipe.window) != 2 or not recipe.window[0] < recipe.window[1]:
+        raise ValueError(f"window must be (low, high) HU with low < high, got {recipe.window!r}")
+
+
+PAPER = Recipe()
+
+# A reduced recipe that trains useful demo weights on one CPU core in about an hour: a fixed set of
+# pre-generated phantoms, small bags, each slice resampled to 2 mm in-plane (so a 128 x 128 patch
+# sees most of a hemithorax), AdamW with poly decay, a stronger MIL weight (the short run would
+# otherwise barely train the classifier), and bfloat16 autocast where the CPU supports it.
+CPU_DEMO = Recipe(
+    preset="cpu-demo",
+    optimizer="adamw",
+    learning_rate=1e-3,
+    poly_power=0.75,
+    weight_decay=1e-4,
+    epochs=1,
+    steps_per_epoch=1,  # set by the run (minutes of budget); see train.demo
+    warmup_steps=20,
+    grad_clip=5.0,
+    mil_weight=0.2,
+    bag_size=12,
+    patch_size=128,
+    lung_patch_fraction=0.75,
+    in_plane_spacing_mm=2.0,
+    intensity_jitter_hu=30.0,
+    inference_bag_size=64,
+    cpu_bfloat16=True,
+    num_threads=1,
+    notes="reduced CPU preset for the shipped demo weights; synthetic phantoms only",
+)
+
+# The smallest thing that exercises every code path: for tests and smoke runs.
+SMOKE = Recipe(
+    preset="smoke",
+    epochs=1,
+    steps_per_epoch=2,
+    bag_size=2,
+    patch_size=32,
+    inference_bag_size=4,
+    in_plane_spacing_mm=4.0,
+    lung_patch_fraction=0.5,
+    amp=False,
+    num_threads=1,
+    notes="smoke run: a few steps on tiny phantoms, not a model",
+)
+
+PRESETS: dict[str, Recipe] = {"paper": PAPER, "cpu-demo": CPU_DEMO, "smoke": SMOKE}
+
+
+def preset(name: str) -> Recipe:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
