@@ -108,7 +108,7 @@ def baseline_scp(port: int, folder: Path) -> None:
 
 
 def node_scp_only(port: int, data_dir: Path, nodelay: bool) -> None:
-    from dicom_node.config import NodeConfig, NodeSettings, Source
+    from dicom_node.config import NodeConfig, NodeSettings
     from dicom_node.db import connect
     from dicom_node.receive import Receiver
     from dicom_node.scp import StorageSCP
@@ -127,6 +127,42 @@ def node_scp_only(port: int, data_dir: Path, nodelay: bool) -> None:
     scp.start()
     while True:
         time.sleep(1)
+
+
+def storage_only(files: list[Path], folder: Path) -> tuple[float, float]:
+    """Seconds per instance for the storage path alone, no network: the baseline's write + fsync
+    vs the node's check, spool (temporary file, fsync, rename, folder fsync) and database record."""
+    from pydicom.filereader import read_file_meta_info
+
+    from dicom_node.db import connect
+    from dicom_node.receive import Receiver as NodeReceiver
+    from dicom_node.spool import Spool
+
+    payloads = []
+    for f in files:
+        meta = read_file_meta_info(f)
+        raw = f.read_bytes()
+        payloads.append((raw, 132 + 12 + int(meta.FileMetaInformationGroupLength), meta))
+    base_dir = folder / "raw"
+    base_dir.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for i, (raw, _, _) in enumerate(payloads):
+        with open(base_dir / f"{i}.dcm", "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+    base = (time.perf_counter() - t0) / len(payloads)
+    conn = connect(folder / "node")
+    receiver = NodeReceiver(conn, Spool(folder / "node"), "1.2.3.4", "BENCH")
+    t0 = time.perf_counter()
+    for raw, start, meta in payloads:
+        result = receiver.receive(
+            raw[start:], meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID, "BENCH", False
+        )
+        assert result.status == 0
+    node = (time.perf_counter() - t0) / len(payloads)
+    conn.close()
+    return base, node
 
 
 def _free_port() -> int:
@@ -185,6 +221,10 @@ def main() -> int:
         size_mb = sum(p.stat().st_size for p in series[0]) / 1e6
         print(f"series: {args.slices} slices of {args.size}x{args.size}, {size_mb:.0f} MB per series "
               f"(written in {time.perf_counter() - t0:.1f} s)")
+        os.sync()  # start every timed run with no dirty pages from the set-up
+        base_s, node_s = storage_only(series[0], tmp / "storage-only")
+        print(f"storage path only, no network (ms per instance): baseline write+fsync {base_s * 1e3:.2f}, "
+              f"node check+spool+record {node_s * 1e3:.2f}")
         sources = [{"ae_title": f"SCANNER{i}"} for i in range(max(1, args.senders))]
         node = NodeProcess({"sources": sources, "node": {"series_timeout": 2}}, tmp, name="node").start()
         receivers = {
@@ -200,6 +240,7 @@ def main() -> int:
             send_series(receivers["baseline"].port, files[:5], "WARMUP")
             for r in range(args.repeats):
                 for name, rec in receivers.items():
+                    os.sync()
                     seconds, statuses = send_series(rec.port, files, "SCANNER0")
                     bad = [s for s in statuses if s != 0]
                     if bad:
@@ -215,6 +256,7 @@ def main() -> int:
             if args.senders > 1:
                 jobs = [(node.port, [str(f) for f in s], f"SCANNER{i}") for i, s in enumerate(series)]
                 ctx = mp.get_context("spawn")
+                os.sync()
                 t0 = time.perf_counter()
                 with ctx.Pool(len(jobs)) as pool:
                     results = pool.map(_send_job, jobs)

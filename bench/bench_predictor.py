@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     before = rss_mib()
     reset_peak_rss()
     for _ in range(args.repeat):
-        prediction = predictor.predict(volume, seed=1)
+        prediction = predictor.predict(volume, seed=1, keep_raw=True)
     peak = peak_rss_mib()
     t = prediction.timings
     print("stage seconds: " + ", ".join(f"{k} {t[k]:.2f}" for k in t), flush=True)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "bag_probabilities": list(prediction.bag_probabilities),
     }
     n = args.reference_slices
-    if n and prediction.class_map is not None:
+    if n and prediction.raw_class_map is not None:
         lung = _lung_mask_of(volume)
         candidates = np.flatnonzero(lung.any(axis=(1, 2)))
         if n < 0 or n >= len(candidates):
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = [int(candidates[i]) for i in np.linspace(0, len(candidates) - 1, n).round().astype(int)]
         reference, per_slice = reference_class_maps(predictor, loaded.model, volume, chosen)
         ref_lobes = to_lobe_map(reference) * lung[chosen]
-        fast_lobes = to_lobe_map(prediction.class_map[chosen]) * lung[chosen]
+        fast_lobes = to_lobe_map(prediction.raw_class_map[chosen]) * lung[chosen]
         d = dice(fast_lobes, ref_lobes)
         reference_total = per_slice * volume.shape[0]
         ratio = t["total"] / reference_total

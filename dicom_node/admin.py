@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from dicom_node.config import ConfigError, NodeConfig, config_from_text, load_config, read_config_text, resolve_config_path
 from dicom_node.config_edit import EditError, add_destination, add_source, remove_destination, remove_source
@@ -28,12 +27,12 @@ ECHO_TIMEOUT = 10.0  # seconds for the TCP connection, the association and the C
 RELOAD_HINT = "a running node applies this within a few seconds (or at once on SIGHUP)"
 
 
-def _err(line: str, stream: TextIO | None = None) -> None:
-    print(line, file=stream or sys.stderr)
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
-def _out(line: str, stream: TextIO | None = None) -> None:
-    print(line, file=stream or sys.stdout)
+def _out(line: str) -> None:
+    print(line, file=sys.stdout)
 
 
 def _problems(lines: list[str]) -> int:

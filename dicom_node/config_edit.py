@@ -37,6 +37,7 @@ from dicom_node.config_validation import (
     destination_name_problem,
     host_problem,
     port_argument_problem,
+    port_problem,
     validate_config,
 )
 
@@ -209,6 +210,13 @@ def _text_remove(text: str, array: str, position: int) -> str:
     return "".join(lines)
 
 
+def _reads_back(text: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return {}
+
+
 def _tomlkit_edit(text: str, array: str, edit: Callable[[list], None]) -> str:
     """For arrays written inline (``sources = [{...}]``): let tomlkit edit the array in place."""
     doc = tomlkit.parse(text)
@@ -234,7 +242,7 @@ def _apply(text: str, doc: dict, array: str, *, add: dict | None = None, remove:
         text = _text_remove(text, array, position)
     if add is not None:
         candidate = _text_append(text, array, add)
-        if not mine and _parse(candidate, Path(array)).get(array) != [add]:
+        if not mine and _reads_back(candidate).get(array) != [add]:
             # The commented example sits inside another table: a header there would capture its
             # keys, so the first entry goes to the end of the file instead.
             candidate = _text_append(text, array, add, near_example=False)
@@ -251,6 +259,9 @@ def _edit(path: str | os.PathLike, array: str, plan: Callable[[dict], tuple[dict
     with _locked_folder(path):
         text = read_config_text(path)
         doc = _parse(text, path)
+        entries = doc.get(array, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise EditError([Problem(array, entries, f"must be an array of tables ([[{array}]]); fix it by hand first")])
         add, remove = plan(doc)
         expected = copy.deepcopy(doc)
         entries = [e for i, e in enumerate(expected.get(array, [])) if i not in set(remove)]
@@ -288,7 +299,7 @@ def add_source(path: str | os.PathLike, ae_title: str, host: str | None = None) 
 
     def plan(doc: dict) -> tuple[dict, list[int]]:
         for i, s in enumerate(doc.get("sources", [])):
-            if s.get("ae_title", "").strip(" ") == ae_title.strip(" ") and (s.get("host") or None) == host:
+            if str(s.get("ae_title", "")).strip(" ") == ae_title.strip(" ") and (s.get("host") or None) == host:
                 where = f" from host {host}" if host else ""
                 raise EditError([Problem(f"sources[{i}].ae_title", ae_title, f"already allowed{where}")])
         entry = {"ae_title": ae_title}
@@ -303,7 +314,9 @@ def remove_source(path: str | os.PathLike, ae_title: str) -> EditResult:
     """Remove every ``[[sources]]`` entry with this AE title (whatever its host)."""
 
     def plan(doc: dict) -> tuple[None, list[int]]:
-        hits = [i for i, s in enumerate(doc.get("sources", [])) if s.get("ae_title", "").strip(" ") == ae_title.strip(" ")]
+        hits = [
+            i for i, s in enumerate(doc.get("sources", [])) if str(s.get("ae_title", "")).strip(" ") == ae_title.strip(" ")
+        ]
         if not hits:
             raise EditError([Problem("AE_TITLE", ae_title, "no such source in [[sources]]")])
         return None, hits
@@ -313,22 +326,17 @@ def remove_source(path: str | os.PathLike, ae_title: str) -> EditResult:
 
 def add_destination(path: str | os.PathLike, name: str, ae_title: str, host: str, port: str | int) -> EditResult:
     """Add a ``[[destinations]]`` entry; ``port`` may be the text typed on the command line."""
-    if isinstance(port, str):
-        number, why = port_argument_problem(port)
-    else:
-        number, why = port, None
-    checks: list = [
-        ("NAME", name, destination_name_problem),
-        ("AE_TITLE", ae_title, ae_title_problem),
-        ("HOST", host, host_problem),
+    number, port_why = port_argument_problem(port) if isinstance(port, str) else (port, port_problem(port))
+    problems = [
+        Problem(key, value, why)
+        for key, value, why in (
+            ("NAME", name, destination_name_problem(name)),
+            ("AE_TITLE", ae_title, ae_title_problem(ae_title)),
+            ("HOST", host, host_problem(host)),
+            ("PORT", port, port_why),
+        )
+        if why
     ]
-    problems = [Problem(key, value, w) for key, value, check in checks if (w := check(value))]
-    if why is None and number is not None:
-        from dicom_node.config_validation import port_problem
-
-        why = port_problem(number)
-    if why:
-        problems.append(Problem("PORT", port, why))
     if problems:
         raise EditError(problems)
 

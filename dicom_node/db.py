@@ -18,6 +18,10 @@ longer ``receiving`` re-opens it: state back to ``receiving``, ``version`` + 1, 
 then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
 version is ignored (see :func:`set_series_state`).
 
+Durability: ``synchronous=NORMAL`` in WAL mode. A killed process loses no commit; a power cut may
+lose the last ones, which :func:`dicom_node.recovery.reconcile_spool` rebuilds from the spool files
+(fsynced before their rows are written) at start-up.
+
 Writers: SQLite allows one writer at a time. Connections made by :func:`connect` carry a re-entrant
 lock; every function here takes it, so one connection may be shared by pynetdicom's association
 threads. Write transactions use ``BEGIN IMMEDIATE`` and a 30 s busy timeout, so writers in other
@@ -141,7 +145,7 @@ def connect(data_dir: str | Path) -> sqlite3.Connection:
     )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.recovery: the spool is the truth
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with _lock(conn):
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")

@@ -7,7 +7,8 @@ and renderer, so one process writes one format.
 
 Patient identity never reaches a log line: as a defence in depth behind the rule "UIDs and counts
 only", :func:`redact_patient_identity` replaces the value of any key that names a patient's identity
-(``patient_name``, ``PatientID``, ``birth_date``...) and any pydicom dataset passed as a value.
+(``patient_name``, ``PatientID``, ``birth_date``...), any pydicom person name whatever its key,
+and any pydicom dataset passed as a value (replaced by its SOP Instance UID).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 import structlog
 
 LOG_FORMATS = ("auto", "console", "json")
+LEVEL_ENV = "M2UNET_LOG_LEVEL"  # debug | info (default) | warning | error
 REDACTED = "[redacted]"
 
 # Keys are compared after lower-casing and dropping everything but letters and digits, so
@@ -53,8 +55,9 @@ _IDENTITY_KEYS = frozenset(
 )
 _NOT_ALNUM = re.compile(r"[^0-9a-z]")
 
-# stdlib loggers that would be too chatty (or could dump DIMSE content at DEBUG) in a service log.
-_QUIET_LOGGERS = {"pynetdicom": logging.WARNING, "apscheduler": logging.WARNING}
+# Libraries whose INFO/DEBUG messages are chatter in a service log (highdicom narrates every module
+# it copies; pynetdicom can dump DIMSE content at DEBUG): their warnings and errors still show.
+_QUIET_LOGGERS = {name: logging.WARNING for name in ("pynetdicom", "highdicom", "apscheduler", "PIL", "matplotlib")}
 
 # The handler configure_logging() installed on the root logger, replaced on the next call.
 _installed_handler: logging.Handler | None = None
@@ -71,6 +74,8 @@ def _is_dataset(value: Any) -> bool:
 
 
 def _scrub(value: Any) -> Any:
+    if type(value).__name__ == "PersonName":  # pydicom's PN value: a name, whatever the key says
+        return REDACTED
     if _is_dataset(value):
         uid = getattr(value, "SOPInstanceUID", None)
         return f"<Dataset SOPInstanceUID={uid}>" if uid else "<Dataset>"
@@ -111,16 +116,13 @@ def resolve_format(fmt: str, stream: TextIO) -> str:
     return "console" if isatty is not None and isatty() else "json"
 
 
-LEVEL_ENV = "M2UNET_LOG_LEVEL"
-
-
 def configure_logging(fmt: str = "auto", level: str | int | None = None, stream: TextIO | None = None) -> str:
     """Set up structlog and the standard ``logging`` module; returns the format chosen.
 
     ``fmt``: ``auto`` | ``console`` | ``json``. ``level``: a logging level name or number; default
     ``$M2UNET_LOG_LEVEL``, else ``info``.
-    ``stream``: where lines go (default: standard error). Safe to call again (for example after a
-    config reload changed ``[node] log_format``): the previous handler is replaced.
+    ``stream``: where lines go (default: standard error). Safe to call again: the previous handler
+    is replaced.
     """
     global _installed_handler
     stream = stream if stream is not None else sys.stderr

@@ -1,8 +1,8 @@
 """``m2unet-node run``: wires the SCP, assembler, pipeline worker and sender, and runs until a signal.
 
 Start-up: read the config (live, hot-reloaded), configure logging, open the database, put series
-left ``running`` by a dead process back in the queue, remove half-written spool files, then start
-the assembler (which re-arms timers for series still ``receiving``), the pipeline worker, the
+left ``running`` by a dead process back in the queue, remove half-written spool files, record
+spool files whose database rows a power cut lost (:mod:`dicom_node.recovery`), then start the assembler (which re-arms timers for series still ``receiving``), the pipeline worker, the
 sender, and last the SCP, so that nothing is accepted before it can be handled.
 
 SIGTERM / SIGINT: stop accepting (the SCP first, letting running associations finish), then stop
@@ -23,6 +23,7 @@ from dicom_node import db
 from dicom_node.assembler import Assembler
 from dicom_node.config import ConfigError, NodeConfig
 from dicom_node.receive import Receiver
+from dicom_node.recovery import reconcile_spool
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import Spool
 
@@ -93,7 +94,14 @@ class Node:
         requeued = db.requeue_running(self.conn)
         self.spool = Spool(self.data_dir)
         swept = self.spool.sweep()
-        log.info("state_opened", requeued_series=requeued, removed_partial_files=swept, counts=db.state_counts(self.conn))
+        recovered = reconcile_spool(self.conn, self.spool)
+        log.info(
+            "state_opened",
+            requeued_series=requeued,
+            removed_partial_files=swept,
+            recovered_instances=recovered,
+            counts=db.state_counts(self.conn),
+        )
         ssl_context = None
         if config.tls.enabled:
             from dicom_node.tls import server_context

@@ -32,6 +32,15 @@ def _config(config_path) -> NodeConfig:
     return load_config(path)
 
 
+def _log_to_stderr() -> None:
+    """stdout carries the JSON only: the engine's and our log events go to stderr."""
+    try:
+        from dicom_node.logs import configure_logging
+    except ImportError:
+        return
+    configure_logging("auto", stream=sys.stderr)
+
+
 def dicom_files(folder: Path) -> list[Path]:
     """Files under ``folder`` with the DICOM preamble (``DICM`` at byte 128) or a ``.dcm`` name."""
     found = []
@@ -48,6 +57,7 @@ def dicom_files(folder: Path) -> list[Path]:
 
 def process_series(series_dir, out_dir, config_path=None, weights=None, device=None) -> int:
     started = time.perf_counter()
+    _log_to_stderr()
     try:
         config = _config(config_path)
     except ConfigError as exc:

@@ -52,7 +52,9 @@ def load_predictor(config):
     """The predictor of ``[model]``; raises ``ValueError`` when the weights are unusable."""
     from m2unet.predictor import Predictor
 
-    predictor = Predictor.from_weights(config.model.weights, config.model.device)
+    bags = getattr(config.model, "bags", None)  # [model] bags, once the config has it
+    options = {"bags": int(bags)} if bags else {}
+    predictor = Predictor.from_weights(config.model.weights, config.model.device, **options)
     predictor.require_variant(lobes=True, severity=True)
     return predictor
 

@@ -28,7 +28,7 @@ from pydicom import uid as uids
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_node.access import check_association
+from dicom_node.access import Refusal, RejectReason, check_association
 from dicom_node.config import NodeConfig
 from dicom_node.db import RecordResult
 from dicom_node.frames import CT_STORAGE_CLASSES
@@ -160,7 +160,11 @@ class StorageSCP:
         calling_ae = str(rq.calling_ae_title).strip()
         called_ae = str(rq.called_ae_title).strip()
         peer = assoc.requestor.address
-        refusal = check_association(self.config_provider(), called_ae, calling_ae, peer)
+        try:
+            refusal = check_association(self.config_provider(), called_ae, calling_ae, peer)
+        except Exception as exc:  # fail closed: an error in the check never lets a peer in
+            log.error("access_check_failed", calling_ae=calling_ae, error=type(exc).__name__)
+            refusal = Refusal(RejectReason.NO_REASON_GIVEN, "access_check_failed")
         if refusal is not None:
             log.warning(
                 "association_rejected", calling_ae=calling_ae, called_ae=called_ae, peer=peer,

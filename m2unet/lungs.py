@@ -58,14 +58,16 @@ def _enclosed_air(
     drop = np.zeros(count + 1, dtype=bool)
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         drop[np.unique(edge)] = True
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=count + 1)
-    columns = np.broadcast_to(np.arange(hu.shape[2], dtype=np.float64), hu.shape).ravel()
-    cx = np.bincount(flat, weights=columns, minlength=count + 1) / np.maximum(area, 1)
+    area = np.bincount(labels.ravel(), minlength=count + 1)
     sx, sy = spacing_xy
-    small = area * sx * sy < config.airway_max_area_mm2
-    central = np.abs(cx - midline) < config.airway_midline_fraction * body_width
-    drop |= small & central
+    small = np.flatnonzero((area * sx * sy < config.airway_max_area_mm2) & ~drop)
+    small = small[small > 0]
+    if small.size:
+        # the centre of a small region: the middle of its bounding box is close enough
+        boxes = ndimage.find_objects(labels)
+        cx = np.array([(boxes[i - 1][2].start + boxes[i - 1][2].stop - 1) / 2.0 for i in small])
+        central = np.abs(cx - midline) < config.airway_midline_fraction * body_width
+        drop[small[central]] = True
     drop[0] = True
     return ~drop[labels]
 
@@ -125,7 +127,7 @@ def lung_mask(volume: Volume, config: LungMaskConfig | None = None) -> np.ndarra
         return mask
     # step 5, then step 4 inside the bounding box of the candidates (the closing must not bridge the
     # lungs and bowel gas across the diaphragm, so components are chosen first)
-    box = ndimage.find_objects(mask.view(np.uint8))[0]
+    box = bounding_box(mask)
     sub = mask[box]
     labels, count = ndimage.label(sub)
     if count > 1:
@@ -149,8 +151,21 @@ def lung_slices(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask.any(axis=(1, 2)))
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """Bounding box (z, y, x slices) of a 3D mask grown by ``margin`` voxels (clamped), or None
+    when the mask is empty."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    part = mask[zs[0] : zs[-1] + 1]
+    ys = np.flatnonzero(part.any(axis=(0, 2)))
+    xs = np.flatnonzero(part.any(axis=(0, 1)))
+    return tuple(  # type: ignore[return-value]
+        slice(max(int(lo) - margin, 0), min(int(hi) + 1 + margin, n))
+        for lo, hi, n in ((zs[0], zs[-1], mask.shape[0]), (ys[0], ys[-1], mask.shape[1]), (xs[0], xs[-1], mask.shape[2]))
+    )
+
+
 def lung_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     """Bounding box (z, y, x slices) of the lung mask, or None when it is empty."""
-    if not mask.any():
-        return None
-    return ndimage.find_objects(mask.view(np.uint8))[0]
+    return bounding_box(mask)

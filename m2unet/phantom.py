@@ -155,89 +155,91 @@ def _lung_box(cm: np.ndarray):
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=None) -> Phantom:
-    """Build the synthetic chest CT of ``seed``.
+def draw_grid(seed: int, shape=None, spacing=None) -> Grid:
+    """The grid :func:`make_phantom` uses for ``seed`` (see :func:`sample_grid`)."""
+    return sample_grid(_streams(_check_seed(seed))[0], shape, spacing)
 
-    ``shape`` (z, y, x) and ``spacing`` (x, y, z, mm) default to a draw from the paper's range
-    (512 x 512~666 pixels of 0.586~0.984 mm, 23~732 slices 0.4~10 mm apart); give ``shape`` alone
-    for a coarse grid over the whole chest (``shape=(24, 128, 128)`` for tests). ``severity``
-    forces the label ("severe" or "non-severe"); left None, about one case in five is severe.
-    ``scanner`` is a profile name of :data:`m2unet.phantom_scanners.SCANNERS`, a
-    :class:`ScannerProfile`, or None to draw one.
-    """
-    seed = _check_seed(seed)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 0x6D32]).spawn(6)]
-    rng_grid, rng_anatomy, rng_design, rng_scanner, rng_vessels, rng_noise = streams
-    profile = resolve_scanner(scanner, rng_scanner)
-    grid = sample_grid(rng_grid, shape, spacing)
-    anatomy = sample_anatomy(rng_anatomy, grid)
-    design = sample_design(rng_design, severity)
-    noise_sd = float(rng_scanner.uniform(*profile.noise_sd_hu))
 
-    sections = ChestSections(anatomy, grid)
-    coarse_grid = grid.coarsened(_DESIGN_STEP_MM)
-    coarse = ChestSections(anatomy, coarse_grid)
-    coarse_classes = coarse.class_slab(0, coarse_grid.shape[0])
-    lesion_field = LesionField(design, coarse, rng_design)
-    lesion_field.bind(grid)
+def _streams(seed: int) -> list[np.random.Generator]:
+    """Independent random streams: grid, anatomy, findings, scanner, vessels, noise."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 0x6D32]).spawn(6)]
 
-    solid, airways = central_tubes(anatomy, grid)
-    h = float(min(grid.spacing[:2]))
-    points = _lobe_points(rng_vessels, coarse_grid, coarse_classes)
-    vessels = lobe_trees(
-        rng_vessels,
-        points,
-        _hila(anatomy),
-        total_points=sum(len(p) for p in points.values()),
-        hilum_radius=7.0,
-        min_radius=max(0.6, 0.35 * h),
-        value=anatomy.blood_hu,
-    )
-    solid_painter = TubePainter(solid.split(16.0), grid)
-    vessel_painter = TubePainter(vessels.split(12.0), grid)
-    airway_painter = TubePainter(airways.split(12.0), grid)
 
+def _slabs(grid: Grid) -> list[tuple[int, int]]:
     nz, ny, nx = grid.shape
     step = max(1, _SLAB_VOXELS // (ny * nx))
-    slabs = [(k, min(k + step, nz)) for k in range(0, nz, step)]
+    return [(k, min(k + step, nz)) for k in range(0, nz, step)]
 
-    # pass 1: class map, and the lesion field's histogram in each class (on a subsample when big)
-    stride = 1 if nz * ny * nx <= _SLAB_VOXELS else 2
+
+def _class_map(sections: ChestSections, solid: TubePainter, grid: Grid) -> np.ndarray:
+    """Pass 1: the 7-class map of the whole grid."""
+    nz, ny, nx = grid.shape
     class_map = np.empty(grid.shape, dtype=np.uint8)
+    for k0, k1 in _slabs(grid):
+        class_map[k0:k1] = sections.class_slab(k0, k1, solid.mask((k1 - k0, ny, nx), k0))
+    return class_map
+
+
+def _field_histogram(class_map: np.ndarray, field: LesionField, grid: Grid) -> np.ndarray:
+    """The lesion field's level counts per class; every 2nd voxel per axis on big grids."""
+    nz, ny, nx = grid.shape
+    stride = 1 if nz * ny * nx <= _SLAB_VOXELS else 2
     hist = np.zeros((7, LEVELS), dtype=np.int64)
-    for k0, k1 in slabs:
-        solid_mask = solid_painter.mask((k1 - k0, ny, nx), k0)
-        cm = sections.class_slab(k0, k1, solid_mask)
-        class_map[k0:k1] = cm
+    for k0, k1 in _slabs(grid):
+        cm = class_map[k0:k1]
         box = _lung_box(cm)
-        if box is None:
+        zi = np.arange(k0 + (-k0) % stride, k1, stride)
+        if box is None or not len(zi):
             continue
         ys, xs = box
-        zi = np.arange(k0 + (-k0) % stride, k1, stride)
         yi = np.arange(ys.start, ys.stop, stride)
         xi = np.arange(xs.start, xs.stop, stride)
-        if len(zi):
-            sub = cm[zi - k0][:, yi][:, :, xi]
-            hist += histogram(sub, lesion_field.read(zi, yi, xi))
-    lesion_level, consolidation_level = thresholds(design, hist)
+        sub = cm[zi - k0][:, yi][:, :, xi]
+        hist += histogram(sub, field.read(zi, yi, xi))
+    return hist
 
-    # pass 2: HU
+
+@dataclass
+class _Rendered:
+    hu: np.ndarray
+    lesion_mask: np.ndarray
+    consolidation_mask: np.ndarray
+    lobe_voxels: np.ndarray  # per class
+    lesion_voxels: np.ndarray  # per class
+
+
+def _render(
+    grid: Grid,
+    sections: ChestSections,
+    class_map: np.ndarray,
+    painters: tuple[TubePainter, TubePainter, TubePainter],
+    design: LesionDesign,
+    field: LesionField,
+    levels: tuple[np.ndarray, np.ndarray],
+    profile: ScannerProfile,
+    noise_sd: float,
+    rng: np.random.Generator,
+) -> _Rendered:
+    """Pass 2: the HU of every slab, with the lesions the thresholds ``levels`` select."""
+    nz, ny, nx = grid.shape
+    solid_painter, vessel_painter, airway_painter = painters
+    lesion_level, consolidation_level = levels
     hu = np.empty(grid.shape, dtype=np.int16)
     lesion_mask = np.zeros(grid.shape, dtype=bool)
     consolidation_mask = np.zeros(grid.shape, dtype=bool)
     lobe_voxels = np.zeros(7, dtype=np.int64)
     lesion_voxels = np.zeros(7, dtype=np.int64)
     pad = 32
-    bank = _noise_bank(rng_noise, profile, (ny, nx), 6, pad)
-    offsets = rng_noise.integers(0, pad + 1, size=(nz, 2))
-    which = rng_noise.integers(0, len(bank), size=nz)
-    flips = rng_noise.integers(0, 2, size=nz)
+    bank = _noise_bank(rng, profile, (ny, nx), 6, pad)
+    offsets = rng.integers(0, pad + 1, size=(nz, 2))
+    which = rng.integers(0, len(bank), size=nz)
+    flips = rng.integers(0, 2, size=nz)
     yy = np.arange(ny, dtype=np.float32)[:, None] * grid.spacing[1]
     xx = np.arange(nx, dtype=np.float32)[None, :] * grid.spacing[0]
     ey, ex = yy[-1, 0] / 2, xx[0, -1] / 2
     outside_fov = ((yy - ey) ** 2 + (xx - ex) ** 2) > min(ex, ey) ** 2
     gg_lo, gg_hi = design.ground_glass_hu
-    for k0, k1 in slabs:
+    for k0, k1 in _slabs(grid):
         cm = class_map[k0:k1]
         tissue = sections.tissue_slab(k0, k1)
         solid_painter.blend(tissue, k0)
@@ -247,7 +249,7 @@ def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=
             cmb = cm[:, ys, xs]
             tb = tissue[:, ys, xs]
             np.copyto(tb, sections.lung_hu[ys, xs], where=cmb > 0)
-            f = lesion_field.read(np.arange(k0, k1), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop))
+            f = field.read(np.arange(k0, k1), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop))
             lo = np.take(lesion_level, cmb)
             lesion = f >= lo
             if lesion.any():
@@ -281,22 +283,84 @@ def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=
         np.clip(tissue, max(profile.min_hu, -3024), _MAX_HU, out=tissue)
         np.rint(tissue, out=tissue)
         hu[k0:k1] = tissue
+    return _Rendered(hu, lesion_mask, consolidation_mask, lobe_voxels, lesion_voxels)
 
+
+def _lobe_involvement(rendered: _Rendered) -> dict[Lobe, float]:
     involvement = {}
-    scores = {}
     for lobe in Lobe:
         classes = np.flatnonzero(CLASS_TO_LOBE == lobe)
-        n = int(lobe_voxels[classes].sum())
-        involvement[lobe] = 100.0 * int(lesion_voxels[classes].sum()) / n if n else 0.0
-        scores[lobe] = lobe_severity_score(involvement[lobe])
-    total = int(sum(scores.values()))
-    volume = Volume(hu=hu, spacing=grid.spacing, origin=grid.origin, direction=IDENTITY_DIRECTION)
+        n = int(rendered.lobe_voxels[classes].sum())
+        involvement[lobe] = 100.0 * int(rendered.lesion_voxels[classes].sum()) / n if n else 0.0
+    return involvement
+
+
+def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=None) -> Phantom:
+    """Build the synthetic chest CT of ``seed``.
+
+    ``shape`` (z, y, x) and ``spacing`` (x, y, z, mm) default to a draw from the paper's range
+    (512 x 512~666 pixels of 0.586~0.984 mm, 23~732 slices 0.4~10 mm apart); give ``shape`` alone
+    for a coarse grid over the whole chest (``shape=(24, 128, 128)`` for tests). ``severity``
+    forces the label ("severe" or "non-severe"); left None, about one case in five is severe.
+    ``scanner`` is a profile name of :data:`m2unet.phantom_scanners.SCANNERS`, a
+    :class:`ScannerProfile`, or None to draw one. Raises ``ValueError`` naming a bad argument.
+    """
+    seed = _check_seed(seed)
+    if severity not in (None, "severe", "non-severe"):
+        raise ValueError(f"severity = {severity!r} is not None, 'severe' or 'non-severe'")
+    rng_grid, rng_anatomy, rng_design, rng_scanner, rng_vessels, rng_noise = _streams(seed)
+    profile = resolve_scanner(scanner, rng_scanner)
+    noise_sd = float(rng_scanner.uniform(*profile.noise_sd_hu))
+    grid = sample_grid(rng_grid, shape, spacing)
+    anatomy = sample_anatomy(rng_anatomy, grid)
+
+    sections = ChestSections(anatomy, grid)
+    coarse_grid = grid.coarsened(_DESIGN_STEP_MM)
+    coarse = ChestSections(anatomy, coarse_grid)
+    coarse_classes = coarse.class_slab(0, coarse_grid.shape[0])
+
+    solid, airways = central_tubes(anatomy, grid)
+    h = float(min(grid.spacing[:2]))
+    points = _lobe_points(rng_vessels, coarse_grid, coarse_classes)
+    vessels = lobe_trees(
+        rng_vessels,
+        points,
+        _hila(anatomy),
+        total_points=sum(len(p) for p in points.values()),
+        hilum_radius=5.5,
+        min_radius=max(0.6, 0.5 * h),
+        value=anatomy.blood_hu,
+    )
+    painters = (
+        TubePainter(solid.split(16.0), grid),
+        TubePainter(vessels.split(12.0), grid),
+        TubePainter(airways.split(12.0), grid),
+    )
+    class_map = _class_map(sections, painters[0], grid)
+
+    # The findings are drawn for the severity asked for; should the rendered involvement land
+    # on the other side of the rule (a lobe of a few voxels on a tiny grid), draw them again.
+    for _attempt in range(8):
+        design = sample_design(rng_design, severity)
+        field = LesionField(design, coarse, rng_design)
+        field.bind(grid)
+        levels = thresholds(design, _field_histogram(class_map, field, grid))
+        rendered = _render(grid, sections, class_map, painters, design, field, levels, profile, noise_sd, rng_noise)
+        involvement = _lobe_involvement(rendered)
+        scores = {lobe: lobe_severity_score(p) for lobe, p in involvement.items()}
+        total = int(sum(scores.values()))
+        if severity is None or is_severe(total) == (severity == "severe"):
+            break
+    else:  # pragma: no cover - needs eight unlucky draws in a row
+        raise RuntimeError(f"seed {seed}: could not render findings that are {severity}")
+
+    volume = Volume(hu=rendered.hu, spacing=grid.spacing, origin=grid.origin, direction=IDENTITY_DIRECTION)
     return Phantom(
         seed=seed,
         volume=volume,
         class_map=class_map,
-        lesion_mask=lesion_mask,
-        consolidation_mask=consolidation_mask,
+        lesion_mask=rendered.lesion_mask,
+        consolidation_mask=rendered.consolidation_mask,
         involvement_percent=involvement,
         lobe_scores=scores,
         ct_severity_score=total,
@@ -306,4 +370,3 @@ def make_phantom(seed: int, *, shape=None, spacing=None, severity=None, scanner=
         anatomy=anatomy,
         design=design,
     )
-

@@ -40,8 +40,10 @@ class Anatomy:
     lung_height: float
     body_a: float  # skin, lateral semi-axis
     body_b: float  # skin, antero-posterior semi-axis
-    fat_mm: float
-    muscle_mm: float
+    fat_mm: float  # subcutaneous fat at the sides; thinner in front and behind
+    fat_ap_mm: float
+    muscle_mm: float  # chest wall muscle at the sides; thinner in front and behind
+    muscle_ap_mm: float
     rib_mm: float
     cage_a: float  # inner (pleural) surface of the rib cage
     cage_b: float
@@ -88,19 +90,21 @@ class Anatomy:
 def sample_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
     """Draw a chest that fits ``grid`` (body inside the circular field of view, lungs in z)."""
     size = rng.uniform(0.0, 1.0)
-    body_a = 138 + 42 * size + rng.uniform(-6, 6)
-    body_b = body_a * rng.uniform(0.64, 0.76)
+    body_a = 140 + 50 * size + rng.uniform(-6, 6)
+    body_b = body_a * rng.uniform(0.6, 0.72)
     # The body must fit in the circle the scanner reconstructs (the smaller in-plane extent).
     ex, ey, ez = grid.extent_mm
     limit = 0.47 * min(ex, ey)
     scale = min(1.0, limit / max(body_a, body_b))
     body_a *= scale
     body_b *= scale
-    fat = rng.uniform(4, 26) * (0.6 + 0.8 * size) * scale
-    muscle = rng.uniform(7, 13) * scale
+    fat = rng.uniform(5, 24) * (0.6 + 0.8 * size) * scale
+    fat_ap = fat * rng.uniform(0.4, 0.7)
+    muscle = rng.uniform(9, 16) * scale
+    muscle_ap = muscle * rng.uniform(0.5, 0.8)
     rib = rng.uniform(8, 11) * scale
     cage_a = body_a - fat - muscle - rib
-    cage_b = body_b - fat - muscle - rib
+    cage_b = body_b - fat_ap - muscle_ap - rib
     gcx, gcy, gcz = grid.centre
     room_x = max(0.0, limit - body_a)
     centre_x = gcx + rng.uniform(-1, 1) * min(10.0, room_x)
@@ -134,7 +138,9 @@ def sample_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
         body_a=float(body_a),
         body_b=float(body_b),
         fat_mm=float(fat),
+        fat_ap_mm=float(fat_ap),
         muscle_mm=float(muscle),
+        muscle_ap_mm=float(muscle_ap),
         rib_mm=float(rib),
         cage_a=float(cage_a),
         cage_b=float(cage_b),
@@ -151,7 +157,7 @@ def sample_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
         heart_axes=(float(heart_a), float(heart_b), float(heart_c)),
         heart_angle=float(rng.uniform(0.25, 0.6)),
         dome_t=(float(dome_r), float(dome_l)),
-        apex_t=float(rng.uniform(0.68, 0.78)),
+        apex_t=float(rng.uniform(0.6, 0.68)),
         right_oblique=(
             float(rng.uniform(-0.06, 0.04)),
             float(rng.uniform(0.8, 0.88)),
@@ -176,7 +182,7 @@ def sample_anatomy(rng: np.random.Generator, grid: Grid) -> Anatomy:
         liver_hu=float(rng.uniform(48, 66)),
         blood_hu=float(rng.uniform(34, 48)),
         bone_hu=float(rng.uniform(180, 300)),
-        lung_hu=float(rng.uniform(-890, -835)),
+        lung_hu=float(rng.uniform(-945, -845)),
         lung_gradient_hu=float(rng.uniform(25, 70)),
     )
 
@@ -208,10 +214,11 @@ class ChestSections:
         self.in_cage = e_cage < 1
         e_ribs = (u / (a.cage_a + a.rib_mm)) ** 2 + (v / (a.cage_b + a.rib_mm)) ** 2
         self.rib_band = (e_ribs < 1) & ~self.in_cage
-        e_body = (u / a.body_a) ** 2 + (v / a.body_b) ** 2
-        in_body = e_body < 1
-        inner_a, inner_b = a.body_a - a.fat_mm, a.body_b - a.fat_mm
-        in_muscle = (u / inner_a) ** 2 + (v / inner_b) ** 2 < 1
+        # the back lies flat on the table: a superellipse behind, an ellipse in front
+        back = np.where(v > 0, np.float32(3.0), np.float32(2.0))
+        in_body = np.abs(u / a.body_a) ** back + np.abs(v / a.body_b) ** back < 1
+        inner_a, inner_b = a.body_a - a.fat_mm, a.body_b - a.fat_ap_mm
+        in_muscle = np.abs(u / inner_a) ** back + np.abs(v / inner_b) ** back < 1
 
         # spine: vertebral body (varies in z: discs), canal and posterior arch (constant)
         r = a.vertebra_r
@@ -224,7 +231,7 @@ class ChestSections:
         canal = rho_canal < 0.45 * r
         arch = (rho_canal >= 0.45 * r) & (rho_canal < 0.8 * r)
         spinous = (np.abs(u) < 0.25 * r) & (v > canal_v) & (v < canal_v + 2.2 * r)
-        transverse = (np.abs(v - canal_v) < 0.3 * r) & (np.abs(u) < 2.3 * r)
+        transverse = (np.abs(v - canal_v) < 0.22 * r) & (np.abs(u) < 1.7 * r)
         posterior_elements = (arch | spinous | transverse) & in_body
         spine_keepout = (rho_vb < r + 5) | ((np.abs(u) < 2.4 * r) & (v > a.vertebra_v))
 
@@ -255,8 +262,8 @@ class ChestSections:
         self.apex_e = {}
         for side, sign in (("right", -1), ("left", 1)):
             cu = sign * (a.cage_a + a.mediastinum_mm) / 2
-            au = 1.2 * (a.cage_a - a.mediastinum_mm) / 2
-            cv, bv = 0.12 * a.cage_b, 1.05 * a.cage_b
+            au = 0.55 * (a.cage_a - a.mediastinum_mm)
+            cv, bv = 0.05 * a.cage_b, 0.92 * a.cage_b
             self.apex_e[side] = ((u - cu) / au) ** 2 + ((v - cv) / bv) ** 2
 
         # lobar boundaries as heights t(u, v)
@@ -309,21 +316,27 @@ class ChestSections:
         """How far (in units of ``apex_e``) each lung reaches at height ``t``: the thorax is a
         cone that narrows from mid-height, and above ``apex_t`` each lung closes to its apex."""
         a = self.anatomy
-        cone = np.interp(t, [0.25, a.apex_t], [1.6, 0.8]).astype(np.float32)
-        dome = 0.8 * (1 - ((np.maximum(t, a.apex_t) - a.apex_t) / (1 - a.apex_t)) ** 2)
+        cone = np.interp(t, [0.25, a.apex_t], [1.5, 1.0]).astype(np.float32)
+        rise = np.clip((t - a.apex_t) / (1 - a.apex_t), 0, 1)
+        dome = (1 - rise) ** 1.2  # a rounded cone: the apex is narrower than a half-ellipsoid
         return np.where(t > a.apex_t, dome, cone)
 
     def class_slab(self, k0: int, k1: int, solid=None) -> np.ndarray:
         """The 7-class map (uint8) of slices k0..k1; ``solid``: voxels no lung may occupy."""
+        return self.classes_at(self.z[k0:k1], solid)
+
+    def classes_at(self, z: np.ndarray, solid=None) -> np.ndarray:
+        """The 7-class map (uint8) of axial planes at ``z`` (mm, any positions)."""
         a = self.anatomy
-        t = self.t[k0:k1, None, None]
+        z = np.asarray(z, dtype=np.float64)
+        t = a.t_of_z(z).astype(np.float32)[:, None, None]
         above = t > self.t_diaphragm
         below_apex = t < 1.0
         g2 = self.lung_envelope(t)
-        dz = (self.z[k0:k1, None, None] - self.heart_z) / a.heart_axes[2]
+        dz = (z[:, None, None] - self.heart_z) / a.heart_axes[2]
         heart_lim = (1 - dz**2).astype(np.float32)
         not_heart = self.heart_fat_e >= heart_lim
-        out = np.zeros((k1 - k0,) + self.base.shape, dtype=np.uint8)
+        out = np.zeros((len(z),) + self.base.shape, dtype=np.uint8)
         for side in ("right", "left"):
             lung = above & below_apex & self.candidate[side] & not_heart
             lung &= self.apex_e[side] < g2
@@ -338,14 +351,15 @@ class ChestSections:
             out[solid] = 0
         return out
 
-    def tissue_slab(self, k0: int, k1: int) -> np.ndarray:
-        """HU (float32) of everything but the lungs' contents, for slices k0..k1."""
+    def tissue_at(self, z: np.ndarray) -> np.ndarray:
+        """HU (float32) of everything but the lungs' contents, on axial planes at ``z`` (mm)."""
         a = self.anatomy
-        n = k1 - k0
+        z = np.asarray(z, dtype=np.float64)
+        n = len(z)
         hu = np.empty((n,) + self.base.shape, dtype=np.float32)
         hu[:] = self.base
-        t = self.t[k0:k1, None, None]
-        z = self.z[k0:k1]
+        tt = a.t_of_z(z).astype(np.float32)
+        t = tt[:, None, None]
         # abdomen below the diaphragm
         np.copyto(hu, self.abdomen, where=(t <= self.t_diaphragm) & self.in_cage)
         # heart and pericardial fat
@@ -360,7 +374,6 @@ class ChestSections:
         np.copyto(hu, vb, where=self.vertebral_body)
         np.copyto(hu, np.float32(BONE_CORTICAL_HU), where=self.vertebral_cortex & ~disc[:, None, None])
         # ribs, costal cartilage and sternum
-        tt = self.t[k0:k1]
         in_thorax = (tt > -0.3) & (tt < 1.06)
         if np.any(in_thorax):
             phase = (z[:, None] + self.rib_shift[None, :] - a.rib_phase) % a.rib_period

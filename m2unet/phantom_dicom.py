@@ -16,6 +16,7 @@ Every instance says it is synthetic (Image Comments, Study and Series Descriptio
 from __future__ import annotations
 
 import copy
+import re
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,10 @@ def _ds(value: float) -> str:
     if text in ("-0", ""):
         text = "0"
     return text if len(text) <= 16 else f"{value:.6g}"
+
+
+def _is_uid(text: str) -> bool:
+    return isinstance(text, str) and len(text) <= 64 and re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+", text) is not None
 
 
 def default_patient_id(phantom: Phantom) -> str:
@@ -120,7 +125,7 @@ def _header(
     ds.SeriesNumber = 1
     ds.SeriesDate = date
     ds.SeriesTime = time
-    ds.SeriesDescription = f"Chest {_ds(sz)} mm (synthetic, {phantom.severity})"
+    ds.SeriesDescription = f"Chest {sz:.3g} mm (synthetic, {phantom.severity})"
     ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     # frame of reference
@@ -186,7 +191,7 @@ def phantom_datasets(
     study = study_instance_uid or _uid(phantom, "study")
     series = series_instance_uid or _uid(phantom, study, "series")
     for name, uid in (("study_instance_uid", study), ("series_instance_uid", series)):
-        if not UID(uid).is_valid:
+        if not _is_uid(uid):
             raise ValueError(f"{name} = {uid!r} is not a valid UID")
     pid = default_patient_id(phantom) if patient_id is None else patient_id
     stored, intercept = stored_pixels(phantom)

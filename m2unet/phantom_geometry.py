@@ -41,6 +41,7 @@ _COMMON_SLICE_SPACINGS = (
 # Craniocaudal coverage of a chest CT, and the in-plane field of view a coarse grid is fitted to.
 _COVERAGE_MM = (265.0, 350.0)
 _FIT_FOV_MM = (360.0, 430.0)
+MAX_FITTED_SPACING_MM = 50.0  # the engine's limit on a plausible CT spacing
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ class Grid:
 def _check_shape(shape) -> tuple[int, int, int]:
     if len(shape) != 3 or any(int(n) != n or n < 1 for n in shape):
         raise ValueError(f"shape must be 3 positive integers (z, y, x), got {shape!r}")
-    if min(shape[1:]) < 16:
-        raise ValueError(f"shape {tuple(shape)!r} is too small: at least 16 rows and columns")
+    if shape[0] < 2 or min(shape[1:]) < 16:
+        raise ValueError(f"shape {tuple(shape)!r} is too small: at least 2 slices, 16 rows and columns")
     return tuple(int(n) for n in shape)  # type: ignore[return-value]
 
 
@@ -100,6 +101,7 @@ def sample_slice_spacing(rng: np.random.Generator) -> float:
 def sample_grid(rng: np.random.Generator, shape=None, spacing=None) -> Grid:
     """A grid for one case; ``shape`` (z, y, x) and ``spacing`` (x, y, z) are kept when given."""
     coverage = rng.uniform(*_COVERAGE_MM)
+    given_spacing = spacing is not None
     if shape is not None:
         shape = _check_shape(shape)
     if spacing is not None:
@@ -120,9 +122,14 @@ def sample_grid(rng: np.random.Generator, shape=None, spacing=None) -> Grid:
         fov = float(rng.uniform(*_FIT_FOV_MM))
         nx = COLUMNS if 300 <= COLUMNS * sx <= 520 else max(16, int(round(fov / sx)))
         ny = nx if 300 <= nx * sy <= 520 else max(16, int(round(fov / sy)))
-        shape = (max(1, int(round(coverage / sz))), ny, nx)
+        shape = (max(2, int(round(coverage / sz))), ny, nx)
     nz, ny, nx = shape
     sx, sy, sz = spacing
+    if sz > MAX_FITTED_SPACING_MM:
+        raise ValueError(
+            f"shape {tuple(shape)!r}: {nz} slices cannot cover a chest {MAX_FITTED_SPACING_MM:g} mm or "
+            f"less apart; ask for at least {int(np.ceil(_COVERAGE_MM[1] / MAX_FITTED_SPACING_MM))} slices"
+        )
     # The image centre sits near the scanner's isocentre; the table position sets z.
     cx = rng.uniform(-15, 15)
     cy = rng.uniform(-15, 15)
@@ -132,4 +139,6 @@ def sample_grid(rng: np.random.Generator, shape=None, spacing=None) -> Grid:
         round(cy - (ny - 1) * sy / 2, 3),
         z0,
     )
-    return Grid(shape=shape, spacing=spacing, origin=origin)
+    if not given_spacing:  # rounded so that DICOM's decimal strings hold it exactly
+        spacing = tuple(round(float(v), 5) for v in spacing)
+    return Grid(shape=shape, spacing=spacing, origin=origin)  # type: ignore[arg-type]

@@ -108,7 +108,7 @@ def sample_design(rng: np.random.Generator, severity: str | None) -> LesionDesig
         blob_mm=float(rng.uniform(6, 12) + 14 * extent),
         prior_weight=float(rng.uniform(0.9, 2.0)),
         peripheral_mm=float(rng.uniform(8, 20)),
-        ground_glass_hu=(float(rng.uniform(-750, -680)), float(rng.uniform(-520, -400))),
+        ground_glass_hu=(float(rng.uniform(-690, -640)), float(rng.uniform(-520, -400))),
         consolidation_hu=float(rng.uniform(-60, 35)),
     )
 
@@ -121,24 +121,24 @@ class LesionField:
         g = coarse.grid
         a = coarse.anatomy
         sx, sy, sz = g.spacing
-        noise = rng.standard_normal(g.shape).astype(np.float32)
+        noise = rng.standard_normal(g.shape, dtype=np.float32)
         sigma = [design.blob_mm / s for s in (sz, sy, sx)]
-        field = gaussian_filter(noise, sigma, mode="nearest")
+        field = gaussian_filter(noise, sigma, mode="nearest", truncate=3.0)
         field /= field.std() + 1e-6
-        fine = gaussian_filter(noise, [s / 2.5 for s in sigma], mode="nearest")
-        field += 0.4 * fine / (fine.std() + 1e-6)
+        fine = gaussian_filter(noise, [s / 2.5 for s in sigma], mode="nearest", truncate=3.0)
+        fine *= 0.4 / (fine.std() + 1e-6)
+        field += fine
 
-        u = (g.axis("x") - a.centre_x)[None, None, :]
-        v = (g.axis("y") - a.centre_y)[None, :, None]
-        t = coarse.t[:, None, None]
+        # the prior: peripheral (near the rib cage), dependent (posterior) and basal
+        u = (g.axis("x") - a.centre_x)[None, :]
+        v = (g.axis("y") - a.centre_y)[:, None]
         e = (u / a.cage_a) ** 2 + (v / a.cage_b) ** 2
         wall_mm = np.sqrt(u**2 + v**2) * (1 / np.sqrt(np.maximum(e, 1e-6)) - 1)
-        prior = (
-            np.exp(-np.maximum(wall_mm, 0) / design.peripheral_mm)
-            + 0.5 * np.clip((v / a.cage_b + 1) / 2, 0, 1)
-            + 0.5 * np.clip(1 - t, 0, 1)
-        )
-        field += design.prior_weight * prior.astype(np.float32)
+        in_plane = np.exp(-np.maximum(wall_mm, 0) / design.peripheral_mm) + 0.5 * np.clip((v / a.cage_b + 1) / 2, 0, 1)
+        basal = 0.5 * np.clip(1 - coarse.t, 0, 1)
+        w = np.float32(design.prior_weight)
+        field += (w * in_plane.astype(np.float32))[None]
+        field += (w * basal.astype(np.float32))[:, None, None]
         lo, hi = float(field.min()), float(field.max())
         self.field = ((field - lo) * ((LEVELS - 1) / max(hi - lo, 1e-6))).astype(np.float32)
         self.coarse_grid = g
@@ -156,12 +156,12 @@ class LesionField:
         """Precompute the read-out for the full-resolution ``grid``."""
         self._ix = self._index(grid.axis("x"), "x")
         self._iy = self._index(grid.axis("y"), "y")
-        self._iz = self._index(grid.axis("z"), "z")
 
-    def read(self, zi: np.ndarray, yi: np.ndarray, xi: np.ndarray) -> np.ndarray:
-        """The field (float32, 0..65535) at the full-resolution voxels zi x yi x xi (1-D index
-        arrays), trilinear from the coarse grid: three separable passes, the last the largest."""
-        iz, wz = self._iz[0][zi], self._iz[1][zi][:, None, None]
+    def read(self, z: np.ndarray, yi: np.ndarray, xi: np.ndarray) -> np.ndarray:
+        """The field (float32, 0..65535) on planes at ``z`` (mm) x rows ``yi`` x columns ``xi``
+        of the full-resolution grid, trilinear from the coarse grid: three separable passes."""
+        iz, wz = self._index(np.asarray(z, dtype=np.float64), "z")
+        wz = wz[:, None, None]
         a = self.field[iz] * (1 - wz)
         a += self.field[iz + 1] * wz
         iy, wy = self._iy[0][yi], self._iy[1][yi][None, :, None]

@@ -14,30 +14,23 @@ patients at high risk (severe and critical disease, mortality). The paper we fol
 clinical types of China's guideline (mild and moderate non-severe; severe and critical severe),
 which imaging alone cannot give; this rule is the imaging proxy that lets synthetic data carry a
 label consistent with what it shows. It is a training device, not a clinical criterion.
+
+The per-lobe scale is the engine's (:func:`m2unet.quantify.severity_score`); the phantom scores
+the lesion masks it drew, the node scores the opacity it measures in HU.
 """
 
 from __future__ import annotations
+
+from m2unet.quantify import severity_score
 
 SEVERE_TOTAL_SCORE = 18
 MAX_LOBE_SCORE = 5
 
 
 def lobe_severity_score(involvement_percent: float) -> int:
-    """Pan et al. 2020 lobe score (0-5) of a lobe with this percentage of its volume involved."""
-    p = float(involvement_percent)
-    if not 0.0 <= p <= 100.0:
-        raise ValueError(f"involvement_percent = {involvement_percent!r} is outside 0..100")
-    if p == 0.0:
-        return 0
-    if p < 5.0:
-        return 1
-    if p <= 25.0:
-        return 2
-    if p < 50.0:
-        return 3
-    if p <= 75.0:
-        return 4
-    return 5
+    """Pan et al. 2020 lobe score (0-5): the engine's :func:`m2unet.quantify.severity_score`, so
+    the phantom's truth and the node's measurement use one scale."""
+    return severity_score(involvement_percent)
 
 
 def is_severe(total_score: int) -> bool:

@@ -72,7 +72,7 @@ def polyline(points, radius, value) -> Tubes:
 
 
 class TubePainter:
-    """Paints tubes into slabs of one grid; tubes are indexed by their z range once."""
+    """Paints tubes into axial planes of one grid (any z); tubes are indexed once."""
 
     def __init__(self, tubes: Tubes, grid: Grid):
         self.grid = grid
@@ -80,37 +80,40 @@ class TubePainter:
         sx, sy, sz = grid.spacing
         self.h = float(min(sx, sy))
         if len(tubes):
-            lo = np.minimum(tubes.p0, tubes.p1) - tubes.radius[:, None] - self.h
-            hi = np.maximum(tubes.p0, tubes.p1) + tubes.radius[:, None] + self.h
-            origin = np.asarray(grid.origin)
-            spacing = np.asarray(grid.spacing)
-            size = np.asarray(grid.shape[::-1])
-            self.lo = np.clip(np.floor((lo - origin) / spacing).astype(int), 0, size)
-            self.hi = np.clip(np.ceil((hi - origin) / spacing).astype(int) + 1, 0, size)
-            keep = np.all(self.hi > self.lo, axis=1)
-            self.index = np.flatnonzero(keep)
+            margin = tubes.radius[:, None] + self.h
+            lo = np.minimum(tubes.p0, tubes.p1) - margin
+            hi = np.maximum(tubes.p0, tubes.p1) + margin
+            origin = np.asarray(grid.origin[:2])
+            spacing = np.asarray(grid.spacing[:2])
+            size = np.asarray(grid.shape[:0:-1])
+            self.lo = np.clip(np.floor((lo[:, :2] - origin) / spacing).astype(int), 0, size)
+            self.hi = np.clip(np.ceil((hi[:, :2] - origin) / spacing).astype(int) + 1, 0, size)
+            self.z_lo, self.z_hi = lo[:, 2], hi[:, 2]
+            self.index = np.flatnonzero(np.all(self.hi > self.lo, axis=1))
         else:
             self.index = np.zeros(0, dtype=int)
 
-    def _boxes(self, k0: int, k1: int):
-        """Yield (tube index, z slice in slab, y slice, x slice, occupancy) for the slab k0:k1."""
-        if not len(self.index):
+    def _boxes(self, z: np.ndarray):
+        """Yield (tube index, plane slice, y slice, x slice, occupancy) for planes at sorted ``z``."""
+        if not len(self.index) or not len(z):
             return
-        lo, hi = self.lo[self.index], self.hi[self.index]
-        hit = self.index[(lo[:, 2] < k1) & (hi[:, 2] > k0)]
+        hit = self.index[(self.z_lo[self.index] <= z[-1]) & (self.z_hi[self.index] >= z[0])]
         g = self.grid
-        ox, oy, oz = g.origin
-        sx, sy, sz = g.spacing
+        ox, oy = g.origin[:2]
+        sx, sy = g.spacing[:2]
         for i in hit:
-            x0, y0, z0 = self.lo[i]
-            x1, y1, z1 = self.hi[i]
-            z0, z1 = max(z0, k0), min(z1, k1)
+            j0 = int(np.searchsorted(z, self.z_lo[i], side="left"))
+            j1 = int(np.searchsorted(z, self.z_hi[i], side="right"))
+            if j1 <= j0:
+                continue
+            x0, y0 = self.lo[i]
+            x1, y1 = self.hi[i]
             p0 = self.tubes.p0[i]
             e = self.tubes.p1[i] - p0
             r = float(self.tubes.radius[i])
             X = (ox + sx * np.arange(x0, x1, dtype=np.float32) - p0[0]).reshape(1, 1, -1)
             Y = (oy + sy * np.arange(y0, y1, dtype=np.float32) - p0[1]).reshape(1, -1, 1)
-            Z = (oz + sz * np.arange(z0, z1, dtype=np.float32) - p0[2]).reshape(-1, 1, 1)
+            Z = (z[j0:j1] - p0[2]).astype(np.float32).reshape(-1, 1, 1)
             ll = float(e @ e)
             if ll > 1e-9:
                 dot = (X * np.float32(e[0])) + (Y * np.float32(e[1])) + (Z * np.float32(e[2]))
@@ -121,19 +124,17 @@ class TubePainter:
             d = np.sqrt(np.maximum(d2, 0, out=d2), out=d2)
             occ = np.clip((r - d) / self.h + 0.5, 0.0, 1.0)
             occ *= min(1.0, 2.0 * r / self.h)
-            yield i, slice(z0 - k0, z1 - k0), slice(y0, y1), slice(x0, x1), occ
+            yield i, slice(j0, j1), slice(y0, y1), slice(x0, x1), occ
 
-    def blend(self, hu: np.ndarray, k0: int) -> None:
-        """Blend each tube's value into the slab ``hu`` (float32, slices k0..) by occupancy."""
-        k1 = k0 + hu.shape[0]
-        for i, zs, ys, xs, occ in self._boxes(k0, k1):
+    def blend(self, hu: np.ndarray, z: np.ndarray) -> None:
+        """Blend each tube's value into ``hu`` (float32, planes at sorted ``z`` mm) by occupancy."""
+        for i, zs, ys, xs, occ in self._boxes(np.asarray(z, dtype=np.float64)):
             box = hu[zs, ys, xs]
             box += occ * (np.float32(self.tubes.value[i]) - box)
 
-    def mask(self, shape: tuple[int, int, int], k0: int) -> np.ndarray:
-        """Voxels of the slab (slices k0..) more than half inside some tube."""
+    def mask(self, shape: tuple[int, int, int], z: np.ndarray) -> np.ndarray:
+        """Voxels of the planes at sorted ``z`` (mm) more than half inside some tube."""
         out = np.zeros(shape, dtype=bool)
-        k1 = k0 + shape[0]
-        for _i, zs, ys, xs, occ in self._boxes(k0, k1):
+        for _i, zs, ys, xs, occ in self._boxes(np.asarray(z, dtype=np.float64)):
             out[zs, ys, xs] |= occ > 0.5
         return out

@@ -3,9 +3,9 @@
 Each tree grows over points drawn inside one lobe: a branch heads from its start towards the
 centroid of its points, stops part of the way, splits the points in two across a random direction
 near their widest spread, and each half grows on. Radii follow Murray's law (r^3 is shared between
-children in proportion to the points they serve), so the trees taper from about 8 mm at the hilum
+children in proportion to the points they serve), so the trees taper from about 5 mm at the hilum
 to the resolution limit. Arteries and veins are two trees per lobe rooted at different points of
-the hilum; as in real lungs, no branch crosses a fissure.
+the hilum; each tree serves one lobe, so branches stay (nearly) clear of the fissures.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@
    (Euclidean distance in mm, computed in slabs of slices with an overlap of ``fill_margin_slices``
    so the memory stays bounded; a voxel farther than that from any label in its slab stays
    unlabelled). By the nearest-point property the filled voxels join the component they are
-   nearest to, so filling creates no new islands; a last island pass makes sure.
+   nearest to, so filling creates no new islands; a last island pass makes sure. Thin gaps are
+   first closed by face-neighbour propagation, which is cheaper.
 """
 
 from __future__ import annotations
@@ -19,68 +20,83 @@ import numpy as np
 from scipy import ndimage
 
 from m2unet.labels import NUM_CLASSES
+from m2unet.lungs import bounding_box
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 FILL_SLAB = 64
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    if not mask.any():
-        return None
-    return ndimage.find_objects(mask.view(np.uint8))[0]
+FACE_STEPS = ((0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1))  # (axis, step) of the 6 face neighbours
 
 
-def _face_shifts(ndim: int = 3):
-    """(source, neighbour) slice pairs for the 6 face neighbours."""
-    for axis in range(ndim):
-        for forward in (True, False):
-            src = [slice(None)] * ndim
-            dst = [slice(None)] * ndim
-            src[axis] = slice(0, -1) if forward else slice(1, None)
-            dst[axis] = slice(1, None) if forward else slice(0, -1)
-            yield tuple(src), tuple(dst)
+def _hand_over_class(labels: np.ndarray, c: int) -> set[int]:
+    """Hand the fragments of class ``c`` to their neighbours, in place; returns the receivers."""
+    box = bounding_box(labels == c, margin=1)
+    if box is None:
+        return set()
+    sub = labels[box]
+    components, count = ndimage.label(sub == c, structure=CONNECTIVITY_26)
+    if count <= 1:
+        return set()
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    components[components == sizes.argmax()] = 0  # the main component stays
+    coords = np.nonzero(components)
+    ids = components[coords]
+    del components
+    # contacts of every fragment with every other class, over the faces of its voxels
+    contacts = np.zeros((count + 1) * NUM_CLASSES, dtype=np.int64)
+    for axis, step in FACE_STEPS:
+        neighbour = list(coords)
+        neighbour[axis] = neighbour[axis] + step
+        inside = (neighbour[axis] >= 0) & (neighbour[axis] < sub.shape[axis])
+        other = sub[tuple(n[inside] for n in neighbour)]
+        keep = other != c
+        contacts += np.bincount(ids[inside][keep] * NUM_CLASSES + other[keep], minlength=contacts.size)
+    contacts = contacts.reshape(count + 1, NUM_CLASSES).astype(np.float64)
+    contacts[:, 0] -= 0.5  # on a tie a lobe wins over background
+    receiver = contacts.argmax(axis=1).astype(sub.dtype)
+    receiver[contacts.max(axis=1) <= 0] = 0  # touches nothing: background
+    new = receiver[ids]
+    sub[coords] = new
+    return {int(r) for r in np.unique(new)} - {0}
 
 
-def _hand_over_fragments(class_map: np.ndarray) -> bool:
-    """One pass of step 2, in place; returns whether anything changed."""
-    changed = False
-    for c in range(1, NUM_CLASSES):
-        box = _bbox(class_map == c)
-        if box is None:
-            continue
-        # grow the box by one voxel so that the fragments' neighbours are inside it
-        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, class_map.shape))
-        sub = class_map[box]
-        components, count = ndimage.label(sub == c, structure=CONNECTIVITY_26)
-        if count <= 1:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        fragment = components.copy()
-        fragment[components == sizes.argmax()] = 0
-        contacts = np.zeros((count + 1) * NUM_CLASSES, dtype=np.int64)
-        for src, dst in _face_shifts():
-            a, b = fragment[src], sub[dst]
-            touching = (a > 0) & (b != c)
-            contacts += np.bincount(a[touching] * NUM_CLASSES + b[touching], minlength=contacts.size)
-        contacts = contacts.reshape(count + 1, NUM_CLASSES).astype(np.float64)
-        contacts[:, 0] -= 0.5  # on a tie a lobe wins over background
-        receiver = contacts.argmax(axis=1).astype(sub.dtype)
-        receiver[contacts.max(axis=1) <= 0] = 0  # touches nothing: background
-        receiver[0] = c  # not a fragment: unchanged
-        where = fragment > 0
-        sub[where] = receiver[fragment[where]]
-        changed = True
-    return changed
+def remove_islands(class_map: np.ndarray, max_passes: int = 1) -> np.ndarray:
+    """Step 2: one component per class, fragments handed to their neighbours (a new array).
 
-
-def remove_islands(class_map: np.ndarray, max_passes: int = 3) -> np.ndarray:
-    """Step 2: one component per class, fragments handed to their neighbours (a new array)."""
+    One pass over the classes suffices: a fragment is handed to a class it touches; if that class
+    was processed already, what it touches is its main component or voxels handed to it since,
+    which touch the main component in turn; if not, its own turn comes later in the pass.
+    """
     out = np.array(class_map, dtype=np.uint8, copy=True)
+    box = bounding_box(out > 0, margin=1)
+    if box is None:
+        return out
+    labels = out[box]  # a view: the work happens inside the labelled region
+    todo = set(range(1, NUM_CLASSES))
     for _ in range(max_passes):
-        if not _hand_over_fragments(out):
+        receivers: set[int] = set()
+        for c in sorted(todo):
+            receivers |= _hand_over_class(labels, c)
+        if not receivers:
             break
+        todo = receivers
     return out
+
+
+def _propagate(labels: np.ndarray, todo: np.ndarray) -> None:
+    """One pass: each ``todo`` voxel with a labelled face neighbour takes the largest such label."""
+    best = np.zeros_like(labels)
+    for axis, step in FACE_STEPS:
+        src = [slice(None)] * 3
+        dst = [slice(None)] * 3
+        src[axis] = slice(step, None) if step > 0 else slice(None, step)
+        dst[axis] = slice(None, -step) if step > 0 else slice(-step, None)
+        np.maximum(best[tuple(dst)], labels[tuple(src)], out=best[tuple(dst)])
+    take = todo & (best > 0)
+    labels[take] = best[take]
+    todo &= ~take
 
 
 def fill_lungs(
@@ -88,32 +104,59 @@ def fill_lungs(
     lung: np.ndarray,
     spacing: tuple[float, float, float],
     fill_margin_slices: int = 16,
+    propagation_passes: int = 2,
 ) -> np.ndarray:
-    """Step 3: unlabelled lung voxels take the nearest label (a new array)."""
+    """Step 3 (see :func:`_fill_lungs`)."""
+    return _fill_lungs(class_map, lung, spacing, fill_margin_slices, propagation_passes)[0]
+
+
+def _fill_lungs(
+    class_map: np.ndarray,
+    lung: np.ndarray,
+    spacing: tuple[float, float, float],
+    fill_margin_slices: int = 16,
+    propagation_passes: int = 2,
+) -> tuple[np.ndarray, bool]:
+    """Step 3: unlabelled lung voxels take the nearest label (a new array).
+
+    Thin gaps (the usual case: a rim between the network's lobes and the lung mask) are closed by
+    ``propagation_passes`` passes of face-neighbour propagation (each voxel joins a label it touches,
+    so no island appears); what remains gets the nearest label by a Euclidean distance transform in
+    slabs. Returns the map and whether the distance transform ran.
+    """
     out = np.array(class_map, dtype=np.uint8, copy=True)
     todo = lung & (out == 0)
-    if not todo.any() or not (out > 0).any():
-        return out
+    box = bounding_box(todo | (out > 0))
+    if box is None or not todo.any() or not (out > 0).any():
+        return out, False
+    labels, pending = out[box], todo[box]
+    for _ in range(propagation_passes):
+        if not pending.any():
+            return out, False
+        _propagate(labels, pending)
+    if not pending.any():
+        return out, False
     sx, sy, sz = spacing
-    (zs, ys, xs) = _bbox(todo | (out > 0))
-    for start in range(zs.start, zs.stop, FILL_SLAB):
-        stop = min(start + FILL_SLAB, zs.stop)
-        if not todo[start:stop, ys, xs].any():
+    depth = labels.shape[0]
+    for start in range(0, depth, FILL_SLAB):
+        stop = min(start + FILL_SLAB, depth)
+        region = bounding_box(pending[start:stop], margin=16)
+        if region is None:
             continue
-        lo, hi = max(start - fill_margin_slices, zs.start), min(stop + fill_margin_slices, zs.stop)
-        labels = out[lo:hi, ys, xs]
-        if not (labels > 0).any():
+        _, ys, xs = region
+        lo, hi = max(start - fill_margin_slices, 0), min(stop + fill_margin_slices, depth)
+        window = labels[lo:hi, ys, xs]
+        if not (window > 0).any():
             continue
         indices = ndimage.distance_transform_edt(
-            labels == 0, sampling=(sz, sy, sx), return_distances=False, return_indices=True
+            window == 0, sampling=(sz, sy, sx), return_distances=False, return_indices=True
         )
         inner = slice(start - lo, stop - lo)
-        nearest = labels[indices[0][inner], indices[1][inner], indices[2][inner]]
+        nearest = window[indices[0][inner], indices[1][inner], indices[2][inner]]
         del indices
-        region = out[start:stop, ys, xs]
-        need = todo[start:stop, ys, xs]
-        region[need] = nearest[need]
-    return out
+        need = pending[start:stop, ys, xs]
+        labels[start:stop, ys, xs][need] = nearest[need]
+    return out, True
 
 
 def restrict_to_lungs(
@@ -124,7 +167,7 @@ def restrict_to_lungs(
     if margin_mm > 0 and lung.any():
         sx, sy, _ = spacing
         pad = int(np.ceil(margin_mm / min(sx, sy))) + 1
-        (zs, ys, xs) = _bbox(lung)
+        (zs, ys, xs) = bounding_box(lung)
         ys = slice(max(ys.start - pad, 0), min(ys.stop + pad, lung.shape[1]))
         xs = slice(max(xs.start - pad, 0), min(xs.stop + pad, lung.shape[2]))
         distance = ndimage.distance_transform_edt(~lung[zs, ys, xs], sampling=(1e6, sy, sx))
@@ -152,8 +195,7 @@ def postprocess(
         raise ValueError(f"lung mask shape {lung.shape} differs from class_map shape {class_map.shape}")
     out = restrict_to_lungs(class_map, lung, spacing, margin_mm)
     out = remove_islands(out)
-    allowed = out > 0
-    out = fill_lungs(out, lung, spacing)
-    if (out > 0).sum() != allowed.sum():
+    out, used_distance = _fill_lungs(out, lung, spacing)
+    if used_distance:
         out = remove_islands(out)
     return out

@@ -49,7 +49,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from m2unet.device import PrecisionPolicy, precision_policy, resolve_device
 from m2unet.labels import to_lobe_map
-from m2unet.lungs import lung_mask
+from m2unet.lungs import lung_mask as hu_lung_mask
 from m2unet.model import DOWNSAMPLING, DecodingBlock, M2UNet
 from m2unet.postprocess import postprocess
 from m2unet.preprocessing import (
@@ -436,7 +436,7 @@ class Predictor:
 
     def lung_mask(self, volume: Volume) -> np.ndarray:
         """The HU lung mask of :func:`m2unet.lungs.lung_mask` (bool, z-y-x)."""
-        return np.asarray(lung_mask(volume), dtype=bool)
+        return np.asarray(hu_lung_mask(volume), dtype=bool)
 
     def clean_up(self, volume: Volume, class_map: np.ndarray, lung_mask: np.ndarray) -> np.ndarray:
         """The clean-up of :func:`m2unet.postprocess.postprocess`: labels only inside the lungs, one

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import numbers
 import os
 import tempfile
 import zipfile
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import structlog
 import torch
 
 from m2unet.labels import NUM_CLASSES, label_map_metadata
@@ -36,6 +38,8 @@ MODEL_NAME = "M2UNet"
 UNTRAINED_DESCRIPTION = "untrained: random initialisation, for tests only"
 DEFAULT_WEIGHTS_FILE = "m2unet-demo.pt"
 
+log = structlog.get_logger(__name__)
+
 
 class WeightsError(ValueError):
     """A weights file that cannot be used; the message names the file and the problem."""
@@ -44,6 +48,27 @@ class WeightsError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"weights file {self.path}: {problem}")
+
+
+def _plain(value, where: str):
+    """``value`` as plain JSON-like Python (dict with str keys, list, str, int, float, bool, None),
+    numpy scalars and arrays converted, so that ``torch.load(weights_only=True)`` can read it."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where} keys must be strings, got {k!r}")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    raise ValueError(f"{where} holds a {type(value).__name__}; only JSON-like values can be stored")
 
 
 def _today() -> str:
@@ -71,6 +96,12 @@ class WeightsMetadata:
     recipe: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, PreprocessingConfig):
+            object.__setattr__(self, "preprocessing", self.preprocessing.to_dict())
+        for name in ("label_map", "preprocessing", "metrics", "recipe"):
+            object.__setattr__(self, name, _plain(getattr(self, name), name))
+        if isinstance(self.threshold, numbers.Real) and not isinstance(self.threshold, bool):
+            object.__setattr__(self, "threshold", float(self.threshold))
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.version, str) or not self.version:
@@ -92,8 +123,10 @@ class WeightsMetadata:
             raise ValueError(f"trained must be true or false, got {self.trained!r}")
         if not isinstance(self.training_data, str) or not self.training_data:
             raise ValueError("training_data must describe the training data (non-empty string)")
-        if not self.trained and self.training_data != UNTRAINED_DESCRIPTION and "untrained" not in self.training_data:
+        if not self.trained and "untrained" not in self.training_data:
             raise ValueError(f"untrained weights must say so in training_data, got {self.training_data!r}")
+        if self.trained and self.training_data == UNTRAINED_DESCRIPTION:
+            raise ValueError(f"trained weights need a description of their training data, got {self.training_data!r}")
         try:
             datetime.fromisoformat(self.created)
         except (TypeError, ValueError):
@@ -248,6 +281,17 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     state = _check_state_dict(path, model, payload.get("state_dict"))
     model.load_state_dict(state, strict=True, assign=True)
     model = model.to(device).eval()
+    log.info(
+        "weights_loaded",
+        path=str(path),
+        sha256=sha256,
+        variant=metadata.variant,
+        version=metadata.version,
+        trained=metadata.trained,
+        device=str(device),
+    )
+    if not metadata.trained:
+        log.warning("weights_untrained", path=str(path), training_data=metadata.training_data)
     return LoadedWeights(model=model, metadata=metadata, sha256=sha256, path=path)
 
 

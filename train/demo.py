@@ -141,22 +141,60 @@ def _export_candidate(out: Path, version: str, threshold: float = 0.5, metrics: 
     return path
 
 
-def score_phantoms(predictor, seeds: list[int], log=print) -> list[dict]:
+def _holdout_path(out: Path, seed: int) -> Path:
+    return out / "holdout" / f"phantom{seed:06d}.npz"
+
+
+def cmd_holdout(args) -> int:
+    """Render held-out phantoms ahead of measurement (native volumes, natural prevalence)."""
+    out = Path(args.out)
+    for seed in list(range(SELECTION_SEEDS_START, SELECTION_SEEDS_START + args.selection)) + list(
+        range(TEST_SEEDS_START, TEST_SEEDS_START + args.test)
+    ):
+        path = _holdout_path(out, seed)
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        p = make_demo_phantom(seed, forced=False)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, hu=p.volume.hu, spacing=np.array(p.volume.spacing), origin=np.array(p.volume.origin),
+                 direction=np.array(p.volume.direction), class_map=p.class_map, severe=np.array(p.severe),
+                 score=np.array(p.ct_severity_score))
+        tmp.replace(path)
+        print(f"holdout {seed} {p.severity} {p.volume.shape}", flush=True)
+    return 0
+
+
+def _holdout_phantom(out: Path, seed: int) -> dict:
+    from m2unet.labels import to_lobe_map
+    from m2unet.volume import Volume
+
+    path = _holdout_path(out, seed)
+    if path.exists():
+        with np.load(path) as d:
+            volume = Volume(hu=d["hu"], spacing=tuple(d["spacing"]), origin=tuple(d["origin"]), direction=tuple(d["direction"]))
+            return {"volume": volume, "lobe_map": to_lobe_map(d["class_map"]), "severe": bool(d["severe"]),
+                    "score": int(d["score"])}
+    p = make_demo_phantom(seed, forced=False)
+    return {"volume": p.volume, "lobe_map": p.lobe_map, "severe": bool(p.severe), "score": int(p.ct_severity_score)}
+
+
+def score_phantoms(predictor, seeds: list[int], out: Path, log=print) -> list[dict]:
     from m2unet.preprocessing import series_seed
     from train.metrics import segmentation_metrics
 
     rows = []
     for seed in seeds:
-        phantom = make_demo_phantom(seed, forced=False)
+        phantom = _holdout_phantom(out, seed)
         started = time.monotonic()
-        prediction = predictor.predict(phantom.volume, seed=series_seed(phantom.case_key))
-        seg = segmentation_metrics(prediction.lobe_map, phantom.lobe_map)
+        prediction = predictor.predict(phantom["volume"], seed=series_seed(f"m2unet-demo-holdout:{seed}"))
+        seg = segmentation_metrics(prediction.lobe_map, phantom["lobe_map"])
         row = {
             "seed": seed,
-            "severe": bool(phantom.severe),
-            "ct_severity_score": int(phantom.ct_severity_score),
+            "severe": phantom["severe"],
+            "ct_severity_score": phantom["score"],
             "probability_severe": float(prediction.probability_severe),
-            "shape": list(phantom.volume.shape),
+            "shape": list(phantom["volume"].shape),
             "seconds": round(time.monotonic() - started, 1),
             **{k: round(v, 4) for k, v in seg.items()},
         }
@@ -272,12 +310,12 @@ def cmd_measure(args) -> int:
         result["real_ct"] = measure_real_ct(predictor, out)
         print(json.dumps(result["real_ct"], indent=1), flush=True)
     if args.selection:
-        rows = score_phantoms(predictor, list(range(SELECTION_SEEDS_START, SELECTION_SEEDS_START + args.selection)))
+        rows = score_phantoms(predictor, list(range(SELECTION_SEEDS_START, SELECTION_SEEDS_START + args.selection)), out)
         threshold = best_threshold([r["severe"] for r in rows], [r["probability_severe"] for r in rows])
         result["selection"] = {"cases": rows, "threshold": threshold}
     threshold = result.get("selection", {}).get("threshold", 0.5)
     if args.test:
-        rows = score_phantoms(predictor, list(range(TEST_SEEDS_START, TEST_SEEDS_START + args.test)))
+        rows = score_phantoms(predictor, list(range(TEST_SEEDS_START, TEST_SEEDS_START + args.test)), out)
         metrics = classification_metrics([r["severe"] for r in rows], [r["probability_severe"] for r in rows], threshold)
         for key in ("dsc", "sen", "ppv", "dsc_right_upper", "dsc_right_middle", "dsc_right_lower", "dsc_left_upper", "dsc_left_lower"):
             metrics[key], metrics[key + "_std"] = mean_std([r[key] for r in rows])
@@ -329,10 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first", type=int, default=TRAIN_SEEDS_START)
     p.add_argument("--count", type=int, default=80)
     p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("holdout", help="render the held-out phantoms (selection and test) ahead of measuring")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--selection", type=int, default=16)
+    p.add_argument("--test", type=int, default=24)
+    p.set_defaults(func=cmd_holdout)
     p = sub.add_parser("fit", help="train the cpu-demo recipe on the cached phantoms")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=CPU_DEMO.epochs)
+    p.add_argument("--steps-per-epoch", type=int, default=CPU_DEMO.steps_per_epoch)
     p.add_argument("--limit", type=int)
     p.add_argument("--changes", help="JSON object of recipe changes")
     p.add_argument("--no-progress", action="store_true")

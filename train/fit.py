@@ -134,8 +134,10 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and recipe.amp)
     per_epoch = steps_per_epoch(recipe, len(cases), world.world_size)
     total_steps = per_epoch * recipe.epochs
+    lr = recipe.learning_rate
     history: list[dict] = []
     start_epoch, step = 0, 0
+    trained_seconds = 0.0  # wall-clock training time of earlier sessions (for time_budget_minutes)
     selected_epoch, selected_score = None, None
 
     checkpoint_path = out_dir / CHECKPOINT
@@ -151,6 +153,7 @@ def fit(
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         history = list(state["history"])
+        trained_seconds = float(state.get("trained_seconds", 0.0))
         selected_epoch, selected_score = state.get("selected_epoch"), state.get("selected_score")
         log.info("resumed", epoch=start_epoch, step=step)
 
@@ -164,7 +167,14 @@ def fit(
         from tqdm import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=f"fit {recipe.preset}", unit="step", dynamic_ncols=True)
-    last_checkpoint = time.monotonic()
+    last_checkpoint = session_start = time.monotonic()
+    budget = 60.0 * recipe.time_budget_minutes if recipe.time_budget_minutes else None
+
+    def progress_fraction(at_step: int) -> float:
+        fraction = at_step / max(total_steps, 1)
+        if budget:
+            fraction = max(fraction, (trained_seconds + time.monotonic() - session_start) / budget)
+        return min(fraction, 1.0)
 
     def save_checkpoint(epoch: int) -> None:
         if not world.is_main:
@@ -176,6 +186,7 @@ def fit(
             "epoch": epoch,
             "step": step,
             "history": history,
+            "trained_seconds": trained_seconds + time.monotonic() - session_start,
             "recipe": recipe.to_dict(),
             "selected_epoch": selected_epoch,
             "selected_score": selected_score,
@@ -185,7 +196,10 @@ def fit(
         tmp.replace(checkpoint_path)
 
     try:
+        out_of_time = False
         for epoch in range(start_epoch, recipe.epochs):
+            if out_of_time:
+                break
             net.train()
             order = _case_order(recipe, cases, epoch, per_epoch, world)
             rng = np.random.default_rng([recipe.seed, epoch, world.rank, 11])
@@ -193,13 +207,17 @@ def fit(
             step = epoch * per_epoch
             running: dict[str, float] = {}
             started = time.monotonic()
+            done_steps = 0
             for i in range(per_epoch):
+                if budget and progress_fraction(step) >= 1.0:
+                    out_of_time = True  # the time budget is spent: the schedule has reached its end
+                    break
                 picks = order[i * recipe.bags_per_step : (i + 1) * recipe.bags_per_step]
                 bags = [draw_bag(cases[j], config, rng, recipe.bag_size, recipe.intensity_jitter_hu) for j in picks]
                 images, severity, targets, has_mask = collate(bags)
                 images, severity, has_mask = images.to(device), severity.to(device), has_mask.to(device)
                 targets = targets.to(device) if targets is not None else None
-                lr = poly_learning_rate(recipe, step, total_steps)
+                lr = poly_learning_rate(recipe, round(progress_fraction(step) * total_steps), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with _autocast(recipe, device):
@@ -213,6 +231,7 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+                done_steps += 1
                 for key, value in loss_figures(terms).items():
                     running[key] = running.get(key, 0.0) + value
                 if bar is not None:
@@ -221,7 +240,7 @@ def fit(
                 if checkpoint_minutes and time.monotonic() - last_checkpoint > 60 * checkpoint_minutes:
                     save_checkpoint(epoch)  # resumes at this epoch's start
                     last_checkpoint = time.monotonic()
-            record = {k: all_reduce_mean(v / per_epoch, world) for k, v in running.items()}
+            record = {k: all_reduce_mean(v / max(done_steps, 1), world) for k, v in running.items()}
             record.update(epoch=epoch + 1, step=step, seconds=round(time.monotonic() - started, 1), lr=lr)
             if validation and validate is not None and ((epoch + 1) % recipe.validate_every == 0 or epoch + 1 == recipe.epochs):
                 if world.is_main:
@@ -233,9 +252,12 @@ def fit(
                         torch.save(model.state_dict(), out_dir / SELECTED)
                 barrier(world)
             history.append(record)
-            log.info("epoch_done", **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in record.items()})
-            if (epoch + 1) % recipe.checkpoint_every == 0 or epoch + 1 == recipe.epochs:
-                save_checkpoint(epoch + 1)
+            log.info("epoch_done", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()
+                                      if k.count("_") < 2})
+            if out_of_time:
+                record["stopped"] = "time budget spent"
+            if out_of_time or (epoch + 1) % recipe.checkpoint_every == 0 or epoch + 1 == recipe.epochs:
+                save_checkpoint(recipe.epochs if out_of_time else epoch + 1)
                 last_checkpoint = time.monotonic()
     finally:
         if bar is not None:

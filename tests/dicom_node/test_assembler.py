@@ -9,20 +9,10 @@ import pytest
 from dicom_node import db
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig, NodeSettings, Source
-from dicom_node.receive import Receiver, StoreStatus
+from dicom_node.receive import Receiver
 from dicom_node.spool import Spool
 from tests.support.ct_series import phantom_hu, write_ct_series
-
-
-def receive_file(receiver, path, calling_ae="FAST"):
-    ds = pydicom.dcmread(path)
-    raw = path.read_bytes()
-    start = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
-    result = receiver.receive(
-        raw[start:], ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, calling_ae, False
-    )
-    assert result.status == StoreStatus.SUCCESS, result
-    return result.record
+from tests.support.node_process import receive_file
 
 
 class Setup:

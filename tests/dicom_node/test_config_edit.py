@@ -200,3 +200,20 @@ def test_windows_line_ends_are_kept(tmp_path):
     remove_source(path, "CT_3")
     remove_destination(path, "pacs")
     assert path.read_bytes() == original.encode()
+
+
+def test_remove_fixes_a_file_made_invalid_by_a_duplicate(config_file):
+    duplicated = HAND_WRITTEN + '\n[[sources]]\nae_title = "CT_NEW"\n'
+    config_file.write_text(duplicated)
+    with pytest.raises(EditError, match="duplicate"):
+        add_source(config_file, "CT_3")
+    result = remove_source(config_file, "CT_NEW")  # both entries go: the file is valid again
+    assert result.changed == 2
+    assert [s.ae_title for s in load_config(config_file).sources] == ["CT_OLD"]
+
+
+def test_a_table_where_an_array_belongs_is_refused(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('[sources]\nae_title = "A"\n')
+    with pytest.raises(EditError, match=r"must be an array of tables \(\[\[sources\]\]\)"):
+        add_source(path, "B")

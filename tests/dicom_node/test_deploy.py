@@ -16,7 +16,6 @@ import tomllib
 import urllib.request
 
 import pytest
-import yaml
 
 from dicom_node.config_validation import validate_config
 from tests.support.paths import REPO
@@ -119,6 +118,7 @@ def test_containerfiles_copy_what_exists_and_run_the_node(name):
 
 
 def test_compose_wires_the_node_to_orthanc():
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) parses the compose file")
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     assert set(services) == {"orthanc", "m2unet-node"}

@@ -109,10 +109,11 @@ def test_patient_identity_is_never_emitted(fmt):
     log.info("stored", patient_name="DOE^JANE", PatientID="MRN-0042", birth_date="19700101", series_uid="1.2.3")
     log.info("nested", detail={"PatientBirthDate": "19700101", "ok": 1}, items=[{"patient_id": "MRN-0042"}])
     log.info("dataset", dataset=ds)
+    log.info("careless", who=ds.PatientName)  # a person name under an innocent key
     text = out.getvalue()
     for secret in ("DOE^JANE", "MRN-0042", "19700101"):
         assert secret not in text
-    assert text.count(REDACTED) == 5
+    assert text.count(REDACTED) == 6
     assert "1.2.826.0.1.3680043.2.1" in text and "1.2.3" in text  # UIDs stay
 
 
@@ -134,3 +135,12 @@ def test_level_from_the_environment(monkeypatch):
     monkeypatch.setenv("M2UNET_LOG_LEVEL", "loud")
     with pytest.raises(ValueError, match="log level"):
         configure_logging("json", stream=out)
+
+
+def test_library_chatter_is_quiet_but_library_warnings_show():
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    logging.getLogger("highdicom.base").info("copy attributes of module \"Patient\"")
+    logging.getLogger("pynetdicom.assoc").info("Association Accepted")
+    logging.getLogger("highdicom.seg").warning("odd segment")
+    assert [r["event"] for r in json_lines(out)] == ["odd segment"]

@@ -44,24 +44,21 @@ def _check_output(result, out_dir):
     return summary
 
 
-def test_process_phantom_through_cli(weights, tmp_path):
-    series = phantom_series(tmp_path / "series", seed=4, slices=16, size=128)
+def test_process_through_cli_readable_by_dcmqi(weights, tmp_path):
+    """The real series in shared (a phantom when it is absent) through ``m2unet-node process``."""
+    if REAL_CT.exists():
+        folder = REAL_CT
+    else:
+        folder = phantom_series(tmp_path / "series", seed=4, slices=16, size=128)[0].parent
     out = tmp_path / "out"
-    result = _cli("process", series[0].parent, "--out", out, "--weights", weights, "--device", "cpu", cwd=tmp_path)
+    result = _cli("process", folder, "--out", out, "--weights", weights, "--device", "cpu", cwd=tmp_path)
     summary = _check_output(result, out)
     assert summary["files"]["seg"] == str(out / "seg.dcm")
+    source = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True)
+    assert summary["series_instance_uid"] == source.SeriesInstanceUID
     seg = pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True)
-    source = pydicom.dcmread(series[0], stop_before_pixels=True)
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
-
-
-@pytest.mark.skipif(not REAL_CT.exists(), reason="shared/data/real-ct is absent")
-def test_process_real_series_readable_by_dcmqi(weights, tmp_path):
-    out = tmp_path / "out"
-    result = _cli("process", REAL_CT, "--out", out, "--weights", weights, "--device", "cpu", cwd=tmp_path)
-    summary = _check_output(result, out)
-    assert summary["series_instance_uid"] == pydicom.dcmread(REAL_CT / "1-01.dcm", stop_before_pixels=True).SeriesInstanceUID
     segments = run_tool([SEGIMAGE2ITKIMAGE, "--inputDICOM", out / "seg.dcm", "--outputDirectory", tmp_path, "--outputType", "nrrd"])
     assert segments.returncode == 0, segments.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())

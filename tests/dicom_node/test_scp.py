@@ -1,7 +1,6 @@
 """The SCP with DCMTK's storescu/echoscu as scanners: storing, refusing, failing, never dying."""
 
 import random
-import subprocess
 import threading
 
 import numpy as np
@@ -13,9 +12,10 @@ from pynetdicom.sop_class import CTImageStorage
 from dicom_node import db
 from dicom_node.reconstruct import reconstruct_series
 from dicom_node.spool import uid_key
-from tests.support.ct_series import phantom_hu, write_ct_series
+from tests.support.ct_series import phantom_hu, write_ct_series, write_enhanced_ct
 from tests.support.dcmtk import PROPOSE, compress, echoscu, have_dcmtk, storescu
 from tests.support.node_process import InProcessSCP
+from tests.support.paths import REAL_CT
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK not installed")
 
@@ -187,3 +187,37 @@ def test_four_concurrent_senders_lose_nothing(scp, tmp_path):
         record = scp.wait_for_state(series_uid(files[0]), ("queued",))
         assert record.instances == 10
     assert sum(1 for _ in (scp.data_dir / "spool").rglob("*.dcm")) == 40
+
+
+@pytest.mark.skipif(not REAL_CT.is_dir(), reason="real CT series not present")
+def test_real_scanner_series_is_received_and_reconstructs(scp):
+    files = sorted(REAL_CT.glob("*.dcm"))
+    run = storescu(scp.port, files)
+    assert run.responses == ["Success"] * 64, run.output[-2000:]
+    uid = series_uid(files[0])
+    assert scp.wait_for_state(uid, ("queued",)).instances == 64
+    rec = reconstruct_series(db.series_instance_paths(scp.conn, uid))
+    assert rec.volume.shape == (64, 512, 512)
+    assert rec.volume.spacing == pytest.approx((0.841796875, 0.841796875, 5.0))
+
+
+def test_deflated_transfer_is_stored_deflated_and_reads_back(scp, series):
+    hu, files = series
+    run = storescu(scp.port, files, extra=["-xd"])
+    assert run.responses == ["Success"] * 10, run.output[-1500:]
+    uid = series_uid(files[0])
+    paths = db.series_instance_paths(scp.conn, uid)
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in paths} == {
+        pydicom.uid.DeflatedExplicitVRLittleEndian
+    }
+    assert np.array_equal(reconstruct_series(paths).volume.hu, hu)
+
+
+def test_enhanced_ct_multiframe_is_received_and_reconstructs(scp, tmp_path):
+    hu = phantom_hu(10, 16)
+    path = write_enhanced_ct(tmp_path / "enhanced.dcm", hu, frame_order=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    assert storescu(scp.port, [path]).responses == ["Success"]
+    uid = series_uid(path)
+    assert scp.wait_for_state(uid, ("queued",)).instances == 1
+    rec = reconstruct_series(db.series_instance_paths(scp.conn, uid))
+    assert np.array_equal(rec.volume.hu, hu) and rec.instances[0].frame_number == 10

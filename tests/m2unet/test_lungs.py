@@ -74,3 +74,33 @@ def test_no_lung_gives_an_empty_mask():
     hu = np.full((3, 64, 64), -1000, dtype=np.int16)
     hu[:, 10:54, 10:54] = 40
     assert not lung_mask(Volume(hu, (1.0, 1.0, 1.0))).any()
+
+
+@pytest.fixture(scope="module")
+def real_ct():
+    from tests.support.paths import REAL_CT
+
+    if not REAL_CT.is_dir() or not any(REAL_CT.glob("*.dcm")):
+        pytest.skip(f"real CT series not found at {REAL_CT}")
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(REAL_CT)))
+    volume = Volume.from_sitk(reader.Execute())
+    return volume, lung_mask(volume)
+
+
+def test_real_ct_lungs_are_plausible(real_ct):
+    volume, mask = real_ct
+    hu = volume.hu
+    total_ml = mask.sum() * volume.voxel_volume_ml
+    assert 3000 < total_ml < 8000  # an adult's lungs at inspiration (measured: about 5.6 L)
+    half = hu.shape[2] // 2
+    assert mask[:, :, :half].sum() * volume.voxel_volume_ml > 1500  # right lung (image left)
+    assert mask[:, :, half:].sum() * volume.voxel_volume_ml > 1500  # left lung
+    assert hu[mask].mean() < -700  # mostly aerated parenchyma
+    slices = lung_slices(mask)
+    assert np.array_equal(slices, np.arange(slices[0], slices[-1] + 1))  # one contiguous run
+    # above the apices only the trachea holds air inside the body: it is not lung
+    top = hu[56:, 200:400, 200:320] < -950
+    assert top.sum() > 1000 and mask[56:, 200:400, 200:320][top].sum() == 0

@@ -48,13 +48,13 @@ def test_json_summary_cli():
 def test_forward_shapes(variant):
     model = M2UNet(variant).eval()
     with torch.inference_mode():
-        out = model(torch.rand(2, 3, 1, 128, 128) * 255)
+        out = model(torch.rand(2, 2, 1, 128, 128) * 255)
     assert (out.severity_logits is None) == (variant == "seg_only")
     assert (out.segmentation_logits is None) == (variant == "cls_only")
     if out.severity_logits is not None:
         assert out.severity_logits.shape == (2, 2)
     if out.segmentation_logits is not None:
-        assert out.segmentation_logits.shape == (2, 3, 7, 128, 128)
+        assert out.segmentation_logits.shape == (2, 2, 7, 128, 128)
 
 
 def test_embedding_bag_is_8x8_for_128_patches():

@@ -225,3 +225,28 @@ def test_save_refuses_mismatched_variant(tmp_path):
         save_weights(tmp_path / "w.pt", M2UNet("cls_only"), WeightsMetadata(version="1"))
     with pytest.raises(ValueError, match="dtype"):
         save_weights(tmp_path / "w.pt", M2UNet(), WeightsMetadata(version="1"), dtype=torch.int8)
+
+
+def test_metadata_with_numpy_values_loads_with_weights_only(tmp_path):
+    import numpy as np
+
+    metadata = WeightsMetadata(
+        version="2",
+        variant="cls_only",
+        trained=True,
+        training_data="synthetic phantoms",
+        threshold=np.float32(0.25),
+        metrics={"auc": np.float64(0.91), "confusion": np.array([[3, 1], [0, 4]]), "folds": (1, 2)},
+        preprocessing=PreprocessingConfig(bag_size=100),
+    )
+    save_weights(tmp_path / "w.pt", M2UNet("cls_only"), metadata)
+    loaded = load_weights(tmp_path / "w.pt").metadata
+    assert loaded.threshold == 0.25 and loaded.metrics == {"auc": 0.91, "confusion": [[3, 1], [0, 4]], "folds": [1, 2]}
+    assert loaded.preprocessing_config.bag_size == 100
+    with pytest.raises(ValueError, match=r"metrics\.model holds a M2UNet"):
+        WeightsMetadata(version="1", metrics={"model": M2UNet("cls_only")})
+
+
+def test_trained_weights_need_a_real_description():
+    with pytest.raises(ValueError, match="trained weights need a description"):
+        WeightsMetadata(version="1", trained=True)

@@ -17,6 +17,7 @@ filled in. Also a context manager (stops on exit).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -32,6 +33,13 @@ import tomlkit
 from tests.support.paths import REPO
 
 DEFAULT_AE_TITLE = "M2UNET"
+
+
+def _kill_if_running(proc: subprocess.Popen) -> None:
+    """At interpreter exit: a node a test forgot to stop must not outlive the test run."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -126,6 +134,7 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             self.command("run"), cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
         )
+        atexit.register(_kill_if_running, self.proc)
         deadline = time.monotonic() + timeout
         quiet = logging.getLogger("pynetdicom")
         level = quiet.level
@@ -333,3 +342,26 @@ class InProcessSCP:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def receive_file(receiver, path, calling_ae: str = "SCANNER", accept_other_storage: bool = False):
+    """Hand a Part 10 file's dataset bytes to a ``dicom_node.receive.Receiver`` as the SCP would
+    (no network); asserts success and returns the ``RecordResult``."""
+    import pydicom
+
+    from dicom_node.receive import StoreStatus
+
+    path = Path(path)
+    meta = pydicom.filereader.read_file_meta_info(path)
+    raw = path.read_bytes()
+    start = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+    result = receiver.receive(
+        raw[start:],
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+        meta.TransferSyntaxUID,
+        calling_ae,
+        accept_other_storage,
+    )
+    assert result.status == StoreStatus.SUCCESS, result
+    return result.record
