@@ -238,8 +238,10 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in receivers}
         try:
             send_series(receivers["baseline"].port, files[:5], "WARMUP")
+            names = list(receivers)
             for r in range(args.repeats):
-                for name, rec in receivers.items():
+                for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+                    rec = receivers[name]
                     os.sync()
                     seconds, statuses = send_series(rec.port, files, "SCANNER0")
                     bad = [s for s in statuses if s != 0]

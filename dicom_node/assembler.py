@@ -131,6 +131,7 @@ class Assembler:
             study_uid=series.study_instance_uid,
             calling_ae=series.calling_ae,
             instances=series.instances,
+            receive_seconds=round(series.last_received - series.first_received, 3),
             usable_slices=len(selection.usable),
             excluded=selection.reason_counts(),
             state=state.value,

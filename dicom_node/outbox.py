@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,21 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attemp
 """
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+# callbacks run after each enqueue that added rows (the sender's wake(): no wait for its next poll)
+_listeners: list = []
+_listeners_lock = threading.Lock()
+
+
+def add_listener(callback) -> None:
+    with _listeners_lock:
+        _listeners.append(callback)
+
+
+def remove_listener(callback) -> None:
+    with _listeners_lock:
+        if callback in _listeners:
+            _listeners.remove(callback)
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,11 @@ def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations:
                         now,
                     ),
                 ).rowcount
+    if added:
+        with _listeners_lock:
+            listeners = list(_listeners)
+        for callback in listeners:
+            callback()
     return added
 
 

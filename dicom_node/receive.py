@@ -107,7 +107,7 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
         if fragments < 1:
             raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "empty_PixelData")
         return
-    expected = rows * cols * frames * spp * bits // 8
+    expected = (rows * cols * frames * spp * bits + 7) // 8
     if len(value) < expected:
         raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "truncated_PixelData")
 

@@ -201,6 +201,18 @@ def _check_spacing(distances: np.ndarray) -> float:
     return step
 
 
+def _to_hu(slices: list[_Slice], rows: int, columns: int, dtype) -> np.ndarray | None:
+    """Stored values times slope plus intercept, slice by slice; None if int16 cannot hold them."""
+    hu = np.empty((len(slices), rows, columns), dtype=dtype)
+    work = np.int32 if dtype == np.int16 else np.float32
+    for z, s in enumerate(slices):
+        values = s.pixels.astype(work) * work(s.frame.slope) + work(s.frame.intercept)
+        if dtype == np.int16 and (values.min() < -32768 or values.max() > 32767):
+            return None
+        hu[z] = values
+    return hu
+
+
 def reconstruct_series(paths: list[str | Path], min_slices: int = MIN_SLICES) -> ReconstructedSeries:
     """Build the HU volume of one series from its instance files (see the module's rules)."""
     if not paths:
@@ -251,16 +263,14 @@ def reconstruct_series(paths: list[str | Path], min_slices: int = MIN_SLICES) ->
         tilt_deg = math.degrees(math.acos(min(1.0, abs(travel @ normal) / np.linalg.norm(travel))))
 
     integral = all(float(s.frame.slope).is_integer() and float(s.frame.intercept).is_integer() for s in slices)
-    hu = np.empty((len(slices), first.rows, first.columns), dtype=np.float32)
-    for z, s in enumerate(slices):
-        hu[z] = s.pixels.astype(np.float32) * s.frame.slope + s.frame.intercept
+    hu = _to_hu(slices, first.rows, first.columns, np.int16) if integral and not tilted else None
+    if hu is None:
+        hu = _to_hu(slices, first.rows, first.columns, np.float32)
     if tilted:
         from scipy import ndimage
 
         for z, (dr, dc) in enumerate(shifts):
             hu[z] = ndimage.shift(hu[z], (dr, dc), order=1, mode="constant", cval=AIR_HU)
-    if integral and not tilted and hu.size and hu.min() >= -32768 and hu.max() <= 32767:
-        hu = hu.astype(np.int16)
 
     direction = np.stack([row_cos, col_cos, normal], axis=1)
     volume = Volume(

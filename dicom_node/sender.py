@@ -1,6 +1,7 @@
 """The sender: delivers the outbox to each configured destination by C-STORE.
 
-One thread. About twice a second (or at once after :meth:`Sender.wake`) it takes, for each
+One thread. About twice a second, and at once when the pipeline enqueues (``outbox`` calls
+:meth:`Sender.wake`), it takes, for each
 destination of ``live_config.current.destinations`` (read on every pass, so ``dest add`` and
 ``dest remove`` apply without a restart), the pending items whose next attempt is due, opens one
 association and sends them in order, recording each outcome as it comes:
@@ -64,9 +65,11 @@ class Sender:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
         self._thread.start()
+        outbox.add_listener(self.wake)
         log.info("sender_started", destinations=len(config.destinations))
 
     def stop(self, timeout: float = 30.0) -> None:
+        outbox.remove_listener(self.wake)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -83,12 +86,12 @@ class Sender:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.deliver_due()
             except Exception as exc:  # a bad pass must not kill the sender
                 log.exception("send_pass_failed", error=str(exc))
             self._wake.wait(POLL_SECONDS)
-            self._wake.clear()
 
     def deliver_due(self, now: float | None = None) -> int:
         """One pass over every configured destination; returns the number of objects delivered."""

@@ -37,6 +37,26 @@ BODY_THRESHOLD_HU = -500.0  # as the body crop of preprocessing
 SLAB = 32  # slices processed together in the per-slice steps (bounds the memory of labels)
 
 
+def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` into uint16 when the components fit (half the memory of int32)."""
+    try:
+        out = np.empty(mask.shape, dtype=np.uint16)
+        count = ndimage.label(mask, structure=structure, output=out)
+        return out, int(count)
+    except RuntimeError:  # more components than uint16 holds
+        labels, count = ndimage.label(mask, structure=structure)
+        return labels, int(count)
+
+
+def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels per label ``0..count``, counted slab by slab (``np.bincount`` would first widen the
+    whole array to int64)."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for start in range(0, labels.shape[0], SLAB):
+        sizes += np.bincount(labels[start : start + SLAB].ravel(), minlength=count + 1)
+    return sizes
+
+
 @dataclass(frozen=True)
 class LungMaskConfig:
     threshold_hu: float = -400.0
@@ -52,7 +72,7 @@ def _enclosed_air(
 ) -> np.ndarray:
     """Steps 1-3 for a slab of slices: air enclosed by the body, airways removed."""
     air = hu < config.threshold_hu
-    labels, count = ndimage.label(air, structure=SLICE_STRUCTURE)
+    labels, count = label(air, SLICE_STRUCTURE)
     if count == 0:
         return air
     drop = np.zeros(count + 1, dtype=bool)
@@ -87,7 +107,7 @@ def _close_and_fill(
         up = np.repeat(np.repeat(closed, 2, axis=1), 2, axis=2)[:, : mask.shape[1], : mask.shape[2]]
         mask = mask | up
     holes = ndimage.binary_fill_holes(mask, structure=SLICE_STRUCTURE) & ~mask
-    labels, count = ndimage.label(holes, structure=SLICE_STRUCTURE)
+    labels, count = label(holes, SLICE_STRUCTURE)
     if count:
         area_mm2 = np.bincount(labels.ravel()) * spacing_xy[0] * spacing_xy[1]
         fill = area_mm2 <= max_hole_mm2
@@ -129,9 +149,9 @@ def lung_mask(volume: Volume, config: LungMaskConfig | None = None) -> np.ndarra
     # lungs and bowel gas across the diaphragm, so components are chosen first)
     box = bounding_box(mask)
     sub = mask[box]
-    labels, count = ndimage.label(sub)
+    labels, count = label(sub)
     if count > 1:
-        sizes = np.bincount(labels.ravel())
+        sizes = component_sizes(labels, count)
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         keep = np.zeros(count + 1, dtype=bool)

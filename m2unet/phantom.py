@@ -2,7 +2,7 @@
 
 ``make_phantom(seed)`` builds one case: a CT volume in HU (body wall and subcutaneous fat, ribs,
 spine and sternum, mediastinum, heart and aorta, trachea and bronchi, pulmonary vessels, and two
-lungs split into lobes by curved fissures), its 7-class label map (:class:`SegmentationClass`),
+lungs split into lobes by curved fissures), its 7-class label map (:class:`m2unet.labels.SegmentationClass`),
 ground-glass and consolidation masks, each lobe's involvement, the CT severity score and the
 severity label (:mod:`m2unet.phantom_severity` documents the rule). The same seed always gives the
 same case; the anatomy, findings and scanner do not depend on the grid asked for, so a small
@@ -11,7 +11,15 @@ all use it; :mod:`m2unet.phantom_dicom` writes it as a DICOM CT series or NIfTI.
 
 Rendering goes one slab of slices at a time, twice: the first pass builds the class map and the
 histograms that turn each lobe's designed involvement into a threshold on the lesion field, the
-second the HU. Memory is the output arrays plus a few slab-sized temporaries.
+second the HU. A thick slice (over 1.5 mm, on grids finer than 1.5 mm in-plane) averages planes
+across its thickness, as a detector row integrates its slab; labels are those of the slice's
+centre plane. Memory is the output arrays (5 bytes a voxel) plus a few slab-sized temporaries.
+
+The parts, one idea each: :mod:`~m2unet.phantom_geometry` (grids like the paper's data),
+:mod:`~m2unet.phantom_anatomy` (the chest and its lobes), :mod:`~m2unet.phantom_tubes` and
+:mod:`~m2unet.phantom_vessels` (airways, aorta, pulmonary vessels), :mod:`~m2unet.phantom_lesions`
+(ground-glass and consolidation), :mod:`~m2unet.phantom_severity` (score and label rule),
+:mod:`~m2unet.phantom_scanners` (noise, calibration and storage of five scanner models).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from m2unet.labels import CLASS_TO_LOBE, Lobe, SegmentationClass, to_lobe_map
+from m2unet.labels import CLASS_TO_LOBE, Lobe, to_lobe_map
 from m2unet.phantom_anatomy import Anatomy, ChestSections, central_tubes, sample_anatomy
 from m2unet.phantom_geometry import Grid, sample_grid
 from m2unet.phantom_lesions import (
@@ -38,9 +46,10 @@ from m2unet.phantom_tubes import TubePainter
 from m2unet.phantom_vessels import lobe_trees
 from m2unet.volume import IDENTITY_DIRECTION, Volume
 
+GENERATOR_VERSION = "1"  # bump when a seed's phantom changes: it enters the DICOM UIDs
 _SLAB_VOXELS = 1 << 23  # voxels per slab (32 slices of 512 x 512)
 _DESIGN_STEP_MM = 4.0  # spacing of the coarse grid that holds the lesion field and vessel seeds
-_POINTS_PER_LOBE = 256
+_POINTS_PER_LOBE = 512
 _MAX_HU = 3071
 
 
@@ -73,10 +82,14 @@ class Phantom:
 
     @property
     def case_key(self) -> str:
-        """What identifies this case among phantoms: seed, grid, scanner and severity."""
+        """What identifies this case among phantoms: generator version, seed, grid, scanner and
+        severity (the DICOM UIDs derive from it)."""
         v = self.volume
-        spacing = ",".join(f"{s:.4f}" for s in v.spacing)
-        return f"m2unet-phantom:{self.seed}:{v.shape}:{spacing}:{self.scanner.name}:{self.severity}"
+        spacing = ",".join(f"{s:.5f}" for s in v.spacing)
+        return (
+            f"m2unet-phantom/{GENERATOR_VERSION}:{self.seed}:{v.shape}:{spacing}:"
+            f"{self.scanner.name}:{self.severity}"
+        )
 
 
 def _check_seed(seed) -> int:
@@ -105,7 +118,9 @@ def _hila(a: Anatomy) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     zc = a.z_of_t(a.carina_t)
     hila = {}
     for labels, sign in (((1, 2, 3), -1), ((4, 5, 6), 1)):
-        artery = np.array([a.centre_x + sign * (a.hilum_mm + 6), a.centre_y + a.trachea_v - 4, zc - 0.06 * a.lung_height])
+        artery = np.array(
+            [a.centre_x + sign * (a.hilum_mm + 6), a.centre_y + a.trachea_v - 4, zc - 0.06 * a.lung_height]
+        )
         vein = np.array(
             [
                 a.centre_x + sign * (a.hilum_mm + 2),
@@ -175,8 +190,9 @@ def _class_map(sections: ChestSections, solid: TubePainter, grid: Grid) -> np.nd
     """Pass 1: the 7-class map of the whole grid."""
     nz, ny, nx = grid.shape
     class_map = np.empty(grid.shape, dtype=np.uint8)
+    z = grid.axis("z")
     for k0, k1 in _slabs(grid):
-        class_map[k0:k1] = sections.class_slab(k0, k1, solid.mask((k1 - k0, ny, nx), k0))
+        class_map[k0:k1] = sections.class_slab(k0, k1, solid.mask((k1 - k0, ny, nx), z[k0:k1]))
     return class_map
 
 
@@ -195,7 +211,7 @@ def _field_histogram(class_map: np.ndarray, field: LesionField, grid: Grid) -> n
         yi = np.arange(ys.start, ys.stop, stride)
         xi = np.arange(xs.start, xs.stop, stride)
         sub = cm[zi - k0][:, yi][:, :, xi]
-        hist += histogram(sub, field.read(zi, yi, xi))
+        hist += histogram(sub, field.read(grid.axis("z")[zi], yi, xi))
     return hist
 
 
@@ -206,6 +222,82 @@ class _Rendered:
     consolidation_mask: np.ndarray
     lobe_voxels: np.ndarray  # per class
     lesion_voxels: np.ndarray  # per class
+
+
+@dataclass
+class _Lesions:
+    """The findings on some planes, inside the lungs' box ``ys`` x ``xs``."""
+
+    ys: slice
+    xs: slice
+    lesion: np.ndarray  # bool, on the box
+    consolidation: np.ndarray  # bool, on the box
+    values: np.ndarray  # HU of the lesion voxels, in the order of np.nonzero(lesion)
+
+
+def _lesions(
+    cm: np.ndarray,
+    z: np.ndarray,
+    field: LesionField,
+    levels: tuple[np.ndarray, np.ndarray],
+    design: LesionDesign,
+) -> _Lesions | None:
+    """Where the field passes each lobe's thresholds on the planes at ``z`` with classes ``cm``."""
+    box = _lung_box(cm)
+    if box is None:
+        return None
+    ys, xs = box
+    lesion_level, consolidation_level = levels
+    cmb = cm[:, ys, xs]
+    f = field.read(z, np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop))
+    lo = np.take(lesion_level, cmb)
+    lesion = f >= lo
+    consolidation = np.zeros_like(lesion)
+    values = np.zeros(0, dtype=np.float32)
+    if lesion.any():
+        hi = np.take(consolidation_level, cmb[lesion])
+        lo_l = lo[lesion]
+        f_l = f[lesion]
+        cons_l = f_l >= hi
+        span = np.where(np.isfinite(hi), hi - lo_l, np.float32(LEVELS) - lo_l)
+        s_l = np.sqrt(np.clip((f_l - lo_l) / np.maximum(span, 1), 0, 1))
+        gg_lo, gg_hi = design.ground_glass_hu
+        values = (gg_lo + (gg_hi - gg_lo) * s_l).astype(np.float32)
+        values[cons_l] = design.consolidation_hu
+        consolidation[lesion] = cons_l
+    return _Lesions(ys, xs, lesion, consolidation, values)
+
+
+def _scene(
+    z: np.ndarray,
+    cm: np.ndarray,
+    sections: ChestSections,
+    painters: tuple[TubePainter, TubePainter, TubePainter],
+    lesions: _Lesions | None,
+) -> np.ndarray:
+    """Tissue HU (float32, before the scanner) on the planes at ``z`` with classes ``cm``."""
+    solid_painter, vessel_painter, airway_painter = painters
+    tissue = sections.tissue_at(z)
+    solid_painter.blend(tissue, z)
+    if lesions is not None:
+        ys, xs = lesions.ys, lesions.xs
+        tb = tissue[:, ys, xs]
+        np.copyto(tb, sections.lung_hu[ys, xs], where=cm[:, ys, xs] > 0)
+        if len(lesions.values):
+            tb[lesions.lesion] = lesions.values
+    vessel_painter.blend(tissue, z)
+    airway_painter.blend(tissue, z)
+    return tissue
+
+
+def _slice_planes(grid: Grid) -> np.ndarray:
+    """Offsets (mm) of the planes averaged into one slice: a thick slice (more than 1.5 mm)
+    integrates its slab, as a CT detector row does, so thin vessels and edges blur along z.
+    Coarse grids (tests, previews: over 1.5 mm in-plane) take the centre plane only."""
+    sz = grid.spacing[2]
+    fine = min(grid.spacing[:2]) <= 1.5
+    m = 1 if sz <= 1.5 or not fine else min(4, int(np.ceil(sz / 2.5)))
+    return ((np.arange(m) + 0.5) / m - 0.5) * sz
 
 
 def _render(
@@ -220,10 +312,12 @@ def _render(
     noise_sd: float,
     rng: np.random.Generator,
 ) -> _Rendered:
-    """Pass 2: the HU of every slab, with the lesions the thresholds ``levels`` select."""
+    """Pass 2: the HU of every slab, with the lesions the thresholds ``levels`` select.
+
+    The labels (classes, lesion and consolidation masks) are those of each slice's centre plane;
+    the HU of a thick slice is the mean over planes across its thickness.
+    """
     nz, ny, nx = grid.shape
-    solid_painter, vessel_painter, airway_painter = painters
-    lesion_level, consolidation_level = levels
     hu = np.empty(grid.shape, dtype=np.int16)
     lesion_mask = np.zeros(grid.shape, dtype=bool)
     consolidation_mask = np.zeros(grid.shape, dtype=bool)
@@ -238,38 +332,28 @@ def _render(
     xx = np.arange(nx, dtype=np.float32)[None, :] * grid.spacing[0]
     ey, ex = yy[-1, 0] / 2, xx[0, -1] / 2
     outside_fov = ((yy - ey) ** 2 + (xx - ex) ** 2) > min(ex, ey) ** 2
-    gg_lo, gg_hi = design.ground_glass_hu
+    planes = _slice_planes(grid)
+    z_axis = grid.axis("z")
     for k0, k1 in _slabs(grid):
         cm = class_map[k0:k1]
-        tissue = sections.tissue_slab(k0, k1)
-        solid_painter.blend(tissue, k0)
-        box = _lung_box(cm)
-        if box is not None:
-            ys, xs = box
+        z = z_axis[k0:k1]
+        centre = _lesions(cm, z, field, levels, design)
+        if centre is not None:
+            ys, xs = centre.ys, centre.xs
             cmb = cm[:, ys, xs]
-            tb = tissue[:, ys, xs]
-            np.copyto(tb, sections.lung_hu[ys, xs], where=cmb > 0)
-            f = field.read(np.arange(k0, k1), np.arange(ys.start, ys.stop), np.arange(xs.start, xs.stop))
-            lo = np.take(lesion_level, cmb)
-            lesion = f >= lo
-            if lesion.any():
-                hi = np.take(consolidation_level, cmb[lesion])
-                lo_l = lo[lesion]
-                f_l = f[lesion]
-                cons_l = f_l >= hi
-                span = np.where(np.isfinite(hi), hi - lo_l, np.float32(LEVELS) - lo_l)
-                s_l = np.sqrt(np.clip((f_l - lo_l) / np.maximum(span, 1), 0, 1))
-                values = gg_lo + (gg_hi - gg_lo) * s_l
-                values[cons_l] = design.consolidation_hu
-                tb[lesion] = values
-                cons = np.zeros_like(lesion)
-                cons[lesion] = cons_l
-                lesion_mask[k0:k1, ys, xs] = lesion
-                consolidation_mask[k0:k1, ys, xs] = cons
-                lesion_voxels += np.bincount(cmb[lesion], minlength=7)
+            lesion_mask[k0:k1, ys, xs] = centre.lesion
+            consolidation_mask[k0:k1, ys, xs] = centre.consolidation
             lobe_voxels += np.bincount(cmb.ravel(), minlength=7)
-        vessel_painter.blend(tissue, k0)
-        airway_painter.blend(tissue, k0)
+            lesion_voxels += np.bincount(cmb[centre.lesion], minlength=7)
+        if len(planes) == 1:
+            tissue = _scene(z, cm, sections, painters, centre)
+        else:
+            tissue = np.zeros((k1 - k0, ny, nx), dtype=np.float32)
+            for offset in planes:
+                zp = z + offset
+                cmp = sections.classes_at(zp, painters[0].mask((k1 - k0, ny, nx), zp))
+                tissue += _scene(zp, cmp, sections, painters, _lesions(cmp, zp, field, levels, design))
+            tissue *= np.float32(1 / len(planes))
         tissue = _blur_in_plane(tissue, profile.blur)
         tissue *= np.float32(profile.hu_gain)
         tissue += np.float32(profile.hu_offset)

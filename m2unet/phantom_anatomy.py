@@ -226,6 +226,11 @@ class ChestSections:
         rho_vb = np.sqrt((u / 1.15) ** 2 + dv**2)
         self.vertebral_body = rho_vb < r
         self.vertebral_cortex = self.vertebral_body & (rho_vb > r - 2.0)
+        rows = np.flatnonzero(self.vertebral_body.any(axis=1))
+        cols = np.flatnonzero(self.vertebral_body.any(axis=0))
+        self.vertebra_box = (
+            (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if len(rows) else (slice(0, 0), slice(0, 0))
+        )
         canal_v = a.vertebra_v + r + 0.45 * r
         rho_canal = np.sqrt(u**2 + (v - canal_v) ** 2)
         canal = rho_canal < 0.45 * r
@@ -233,7 +238,7 @@ class ChestSections:
         spinous = (np.abs(u) < 0.25 * r) & (v > canal_v) & (v < canal_v + 2.2 * r)
         transverse = (np.abs(v - canal_v) < 0.22 * r) & (np.abs(u) < 1.7 * r)
         posterior_elements = (arch | spinous | transverse) & in_body
-        spine_keepout = (rho_vb < r + 5) | ((np.abs(u) < 2.4 * r) & (v > a.vertebra_v))
+        spine_keepout = (rho_vb < r + 5) | ((np.abs(u) < 1.9 * r) & (v > a.vertebra_v))
 
         # mediastinum: narrow in front, wider around trachea and oesophagus
         w_med = a.mediastinum_mm + (a.hilum_mm - a.mediastinum_mm) * np.exp(
@@ -257,6 +262,14 @@ class ChestSections:
             else:
                 np.copyto(t_dia, np.broadcast_to(t_side, t_dia.shape), where=np.broadcast_to(u >= 0, t_dia.shape))
         self.t_diaphragm = t_dia
+        rows = np.flatnonzero(self.in_cage.any(axis=1))
+        cols = np.flatnonzero(self.in_cage.any(axis=0))
+        if len(rows) and len(cols):
+            self.cage_box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        else:
+            self.cage_box = (slice(0, 0), slice(0, 0))
+        self.t_diaphragm_min = float(t_dia[self.in_cage].min()) if self.in_cage.any() else 1.0
+        self.t_diaphragm_max = float(t_dia[self.in_cage].max()) if self.in_cage.any() else 0.0
 
         # apices: above apex_t each lung narrows to a dome
         self.apex_e = {}
@@ -329,24 +342,33 @@ class ChestSections:
         """The 7-class map (uint8) of axial planes at ``z`` (mm, any positions)."""
         a = self.anatomy
         z = np.asarray(z, dtype=np.float64)
-        t = a.t_of_z(z).astype(np.float32)[:, None, None]
-        above = t > self.t_diaphragm
-        below_apex = t < 1.0
-        g2 = self.lung_envelope(t)
-        dz = (z[:, None, None] - self.heart_z) / a.heart_axes[2]
-        heart_lim = (1 - dz**2).astype(np.float32)
-        not_heart = self.heart_fat_e >= heart_lim
         out = np.zeros((len(z),) + self.base.shape, dtype=np.uint8)
+        tz = a.t_of_z(z)
+        planes = np.flatnonzero((tz > self.t_diaphragm_min) & (tz < 1.0))
+        if not len(planes):
+            return out
+        p0, p1 = planes[0], planes[-1] + 1
+        ys, xs = self.cage_box
+        t = tz[p0:p1].astype(np.float32)[:, None, None]
+        g2 = self.lung_envelope(t)
+        dz = (z[p0:p1, None, None] - self.heart_z) / a.heart_axes[2]
+        heart_lim = (1 - dz**2).astype(np.float32)
+        sub = out[p0:p1, ys, xs]
+        above = t > self.t_diaphragm[ys, xs]
+        if np.any(heart_lim > 0):
+            above &= self.heart_fat_e[ys, xs] >= heart_lim
         for side in ("right", "left"):
-            lung = above & below_apex & self.candidate[side] & not_heart
-            lung &= self.apex_e[side] < g2
+            lung = above & self.candidate[side][ys, xs]
+            lung &= self.apex_e[side][ys, xs] < g2
             if side == "right":
-                cls = np.where(t < self.t_horizontal, np.uint8(C.RIGHT_MIDDLE_LOBE), np.uint8(C.RIGHT_UPPER_LOBE))
-                cls = np.where(t < self.t_right_oblique, np.uint8(C.RIGHT_LOWER_LOBE), cls)
+                lower, split = self.t_right_oblique[ys, xs], self.t_horizontal[ys, xs]
+                labels = (C.RIGHT_LOWER_LOBE, C.RIGHT_MIDDLE_LOBE, C.RIGHT_UPPER_LOBE)
             else:
-                cls = np.where(t < self.t_lingula, np.uint8(C.LINGULA), np.uint8(C.LEFT_UPPER_LOBE_UPPER_DIVISION))
-                cls = np.where(t < self.t_left_oblique, np.uint8(C.LEFT_LOWER_LOBE), cls)
-            np.copyto(out, cls, where=lung)
+                lower, split = self.t_left_oblique[ys, xs], self.t_lingula[ys, xs]
+                labels = (C.LEFT_LOWER_LOBE, C.LINGULA, C.LEFT_UPPER_LOBE_UPPER_DIVISION)
+            cls = np.where(t < split, np.uint8(labels[1]), np.uint8(labels[2]))
+            np.copyto(cls, np.uint8(labels[0]), where=t < lower)
+            np.copyto(sub, cls, where=lung)
         if solid is not None:
             out[solid] = 0
         return out
@@ -359,20 +381,33 @@ class ChestSections:
         hu = np.empty((n,) + self.base.shape, dtype=np.float32)
         hu[:] = self.base
         tt = a.t_of_z(z).astype(np.float32)
-        t = tt[:, None, None]
-        # abdomen below the diaphragm
-        np.copyto(hu, self.abdomen, where=(t <= self.t_diaphragm) & self.in_cage)
-        # heart and pericardial fat
-        dz = (z[:, None, None] - self.heart_z) / a.heart_axes[2]
-        lim = (1 - dz**2).astype(np.float32)
-        if np.any(lim > 0):
-            np.copyto(hu, np.float32(a.fat_hu + 10), where=(self.heart_fat_e < lim) & (t > self.t_diaphragm - 0.03))
-            np.copyto(hu, np.float32(a.blood_hu), where=self.heart_e < lim)
+        ys, xs = self.cage_box
+        box = hu[:, ys, xs]
+        # abdomen below the diaphragm (only the planes that reach below it)
+        low = np.flatnonzero(tt <= self.t_diaphragm_max)
+        if len(low):
+            q0, q1 = low[0], low[-1] + 1
+            below = tt[q0:q1, None, None] <= self.t_diaphragm[ys, xs]
+            below &= self.in_cage[ys, xs]
+            np.copyto(box[q0:q1], self.abdomen[ys, xs], where=below)
+        # heart and pericardial fat (only the planes through it)
+        dz = (z - self.heart_z) / a.heart_axes[2]
+        through = np.flatnonzero(np.abs(dz) < 1)
+        if len(through):
+            q0, q1 = through[0], through[-1] + 1
+            lim = (1 - dz[q0:q1] ** 2).astype(np.float32)[:, None, None]
+            sub = box[q0:q1]
+            fat = self.heart_fat_e[ys, xs] < lim
+            fat &= tt[q0:q1, None, None] > self.t_diaphragm[ys, xs] - 0.03
+            np.copyto(sub, np.float32(a.fat_hu + 10), where=fat)
+            np.copyto(sub, np.float32(a.blood_hu), where=self.heart_e[ys, xs] < lim)
         # vertebral bodies and discs
         disc = ((z - a.disc_phase) % a.disc_period) < 6.0
+        vy, vx = self.vertebra_box
+        vbox = hu[:, vy, vx]
         vb = np.where(disc[:, None, None], np.float32(a.muscle_hu + 30), np.float32(a.bone_hu))
-        np.copyto(hu, vb, where=self.vertebral_body)
-        np.copyto(hu, np.float32(BONE_CORTICAL_HU), where=self.vertebral_cortex & ~disc[:, None, None])
+        np.copyto(vbox, vb, where=self.vertebral_body[vy, vx])
+        np.copyto(vbox, np.float32(BONE_CORTICAL_HU), where=self.vertebral_cortex[vy, vx] & ~disc[:, None, None])
         # ribs, costal cartilage and sternum
         in_thorax = (tt > -0.3) & (tt < 1.06)
         if np.any(in_thorax):

@@ -16,8 +16,8 @@ Every instance says it is synthetic (Image Comments, Study and Series Descriptio
 from __future__ import annotations
 
 import copy
-import re
 import datetime as dt
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from m2unet.phantom import Phantom
+from m2unet.phantom import GENERATOR_VERSION, Phantom
 
 _EPOCH = dt.datetime(2020, 2, 1, 8, 0, 0)
 SYNTHETIC_NOTE = "Synthetic chest CT phantom (m2unet), not patient data"
@@ -48,8 +48,11 @@ def _ds(value: float) -> str:
     return text if len(text) <= 16 else f"{value:.6g}"
 
 
+_UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+
+
 def _is_uid(text: str) -> bool:
-    return isinstance(text, str) and len(text) <= 64 and re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+", text) is not None
+    return isinstance(text, str) and len(text) <= 64 and _UID_PATTERN.fullmatch(text) is not None
 
 
 def default_patient_id(phantom: Phantom) -> str:
@@ -65,24 +68,31 @@ def _check_transfer_syntax(transfer_syntax) -> UID:
     return ts
 
 
-def stored_pixels(phantom: Phantom) -> tuple[np.ndarray, float]:
-    """The stored pixel array (int16 or uint16, z-y-x) and the rescale intercept."""
+def storage(phantom: Phantom) -> tuple[np.dtype, float]:
+    """How the scanner stores pixels: (stored dtype, rescale intercept); raises ``ValueError``
+    when the phantom's HU do not fit."""
     profile = phantom.scanner
     intercept = float(profile.rescale_intercept)
+    if profile.pixel_representation:
+        lo, hi, dtype = -32768, 32767, np.dtype(np.int16)
+    else:
+        lo, hi, dtype = 0, 65535, np.dtype(np.uint16)
     hu = phantom.volume.hu
+    hu_min, hu_max = float(hu.min()), float(hu.max())
+    if hu_min - intercept < lo or hu_max - intercept > hi:
+        raise ValueError(
+            f"volume HU {hu_min:g}..{hu_max:g} do not fit the scanner {profile.name!r}'s storage "
+            f"(pixel representation {profile.pixel_representation}, intercept {intercept:g})"
+        )
+    return dtype, intercept
+
+
+def stored_slice(phantom: Phantom, k: int, dtype: np.dtype, intercept: float) -> np.ndarray:
+    """Slice ``k`` (z index) as stored pixel values."""
+    hu = phantom.volume.hu[k]
     if not np.issubdtype(hu.dtype, np.integer):
         hu = np.rint(hu)
-    stored = hu.astype(np.int32) - int(intercept)
-    if profile.pixel_representation:
-        lo, hi, dtype = -32768, 32767, np.int16
-    else:
-        lo, hi, dtype = 0, 65535, np.uint16
-    if stored.min() < lo or stored.max() > hi:
-        raise ValueError(
-            f"volume HU {int(hu.min())}..{int(hu.max())} do not fit the scanner {profile.name!r}'s "
-            f"storage (pixel representation {profile.pixel_representation}, intercept {intercept:g})"
-        )
-    return stored.astype(dtype), intercept
+    return np.ascontiguousarray((hu.astype(np.int32) - int(intercept)).astype(dtype))
 
 
 def _header(
@@ -146,7 +156,7 @@ def _header(
     ds.ContentDate = date
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.BurnedInAnnotation = "NO"
-    ds.ImageComments = f"{SYNTHETIC_NOTE}; seed {phantom.seed}"
+    ds.ImageComments = f"{SYNTHETIC_NOTE}; seed {phantom.seed}, generator {GENERATOR_VERSION}"
     # image plane
     ds.PixelSpacing = [_ds(sy), _ds(sx)]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
@@ -194,7 +204,7 @@ def phantom_datasets(
         if not _is_uid(uid):
             raise ValueError(f"{name} = {uid!r} is not a valid UID")
     pid = default_patient_id(phantom) if patient_id is None else patient_id
-    stored, intercept = stored_pixels(phantom)
+    dtype, intercept = storage(phantom)
     header = _header(phantom, study, series, patient_name, pid, intercept)
     v = phantom.volume
     nz = v.shape[0]
@@ -215,7 +225,7 @@ def phantom_datasets(
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
         ds.file_meta.MediaStorageSOPInstanceUID = sop
-        pixels = np.ascontiguousarray(stored[k])
+        pixels = stored_slice(phantom, k, dtype, intercept)
         if not ts.is_encapsulated:
             ds.file_meta.TransferSyntaxUID = ts
             ds.PixelData = pixels.tobytes()

@@ -7,8 +7,14 @@ opacities whose size is the design's blob size) plus a prior that favours the pe
 the rib cage), the dependent (posterior) lung and the bases, as COVID-19 pneumonia does. A lobe's
 lesion is the part of it where the field exceeds the lobe's quantile for the wanted percentage;
 its highest part is consolidation, the rest ground-glass. The quantiles are taken from histograms
-of the field over the full-resolution lobes, so the involvement a case ends with is the designed
-one to within a voxel or so, and the label rule holds exactly.
+of the field over the full-resolution lobes (every second voxel along each axis on large grids),
+so the involvement a case ends with is the designed one to within a fraction of a per cent; the
+label is then scored on the rendered masks, so the rule holds exactly.
+
+Attenuation: ground-glass from about -690 HU at its margin to -520..-400 HU next to consolidation,
+consolidation -60..+35 HU, both inside the opacity band the engine measures
+(:class:`m2unet.quantify.OpacityBand`, [-700, +100) HU), so the node's measurement and the
+phantom's truth differ only by noise, vessels and partial volume.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ _LOBE_WEIGHT = {
     Lobe.LEFT_LOWER: 1.3,
 }
 
-GROUND_GLASS_HU = (-750.0, -400.0)
+GROUND_GLASS_HU = (-700.0, -400.0)
 CONSOLIDATION_HU = (-100.0, 50.0)
 
 
@@ -108,8 +114,11 @@ def sample_design(rng: np.random.Generator, severity: str | None) -> LesionDesig
         blob_mm=float(rng.uniform(6, 12) + 14 * extent),
         prior_weight=float(rng.uniform(0.9, 2.0)),
         peripheral_mm=float(rng.uniform(8, 20)),
-        ground_glass_hu=(float(rng.uniform(-690, -640)), float(rng.uniform(-520, -400))),
-        consolidation_hu=float(rng.uniform(-60, 35)),
+        ground_glass_hu=(
+            float(rng.uniform(GROUND_GLASS_HU[0] + 10, GROUND_GLASS_HU[0] + 60)),
+            float(rng.uniform(GROUND_GLASS_HU[1] - 120, GROUND_GLASS_HU[1])),
+        ),
+        consolidation_hu=float(rng.uniform(CONSOLIDATION_HU[0] + 40, CONSOLIDATION_HU[1] - 15)),
     )
 
 

@@ -90,17 +90,18 @@ class TubePainter:
             self.hi = np.clip(np.ceil((hi[:, :2] - origin) / spacing).astype(int) + 1, 0, size)
             self.z_lo, self.z_hi = lo[:, 2], hi[:, 2]
             self.index = np.flatnonzero(np.all(self.hi > self.lo, axis=1))
+            self.ll = np.einsum("ij,ij->i", tubes.p1 - tubes.p0, tubes.p1 - tubes.p0)
         else:
             self.index = np.zeros(0, dtype=int)
+        self.xs = grid.axis("x").astype(np.float32)
+        self.ys = grid.axis("y").astype(np.float32)
 
     def _boxes(self, z: np.ndarray):
         """Yield (tube index, plane slice, y slice, x slice, occupancy) for planes at sorted ``z``."""
         if not len(self.index) or not len(z):
             return
         hit = self.index[(self.z_lo[self.index] <= z[-1]) & (self.z_hi[self.index] >= z[0])]
-        g = self.grid
-        ox, oy = g.origin[:2]
-        sx, sy = g.spacing[:2]
+        inv_h = np.float32(1.0 / self.h)
         for i in hit:
             j0 = int(np.searchsorted(z, self.z_lo[i], side="left"))
             j1 = int(np.searchsorted(z, self.z_hi[i], side="right"))
@@ -109,21 +110,31 @@ class TubePainter:
             x0, y0 = self.lo[i]
             x1, y1 = self.hi[i]
             p0 = self.tubes.p0[i]
-            e = self.tubes.p1[i] - p0
+            e = (self.tubes.p1[i] - p0).astype(np.float32)
             r = float(self.tubes.radius[i])
-            X = (ox + sx * np.arange(x0, x1, dtype=np.float32) - p0[0]).reshape(1, 1, -1)
-            Y = (oy + sy * np.arange(y0, y1, dtype=np.float32) - p0[1]).reshape(1, -1, 1)
-            Z = (z[j0:j1] - p0[2]).astype(np.float32).reshape(-1, 1, 1)
-            ll = float(e @ e)
+            X = (self.xs[x0:x1] - np.float32(p0[0]))[None, None, :]
+            Y = (self.ys[y0:y1] - np.float32(p0[1]))[None, :, None]
+            Z = (z[j0:j1] - p0[2]).astype(np.float32)[:, None, None]
+            ll = float(self.ll[i])
+            d2 = (X * X + Y * Y) + Z * Z
             if ll > 1e-9:
-                dot = (X * np.float32(e[0])) + (Y * np.float32(e[1])) + (Z * np.float32(e[2]))
-                s = np.clip(dot * np.float32(1.0 / ll), 0.0, 1.0)
-                d2 = (X * X + Y * Y) + Z * Z - s * (2 * dot - s * np.float32(ll))
-            else:
-                d2 = (X * X + Y * Y) + Z * Z
-            d = np.sqrt(np.maximum(d2, 0, out=d2), out=d2)
-            occ = np.clip((r - d) / self.h + 0.5, 0.0, 1.0)
-            occ *= min(1.0, 2.0 * r / self.h)
+                dot = (X * e[0] + Y * e[1]) + Z * e[2]
+                s = dot * np.float32(1.0 / ll)
+                np.maximum(s, 0, out=s)
+                np.minimum(s, 1, out=s)
+                dot *= 2
+                dot -= s * np.float32(ll)
+                dot *= s
+                d2 -= dot  # |p|^2 - s (2 p.e - s |e|^2): squared distance to the segment
+            np.maximum(d2, 0, out=d2)
+            occ = np.sqrt(d2, out=d2)
+            occ -= np.float32(r)
+            occ *= -inv_h
+            occ += np.float32(0.5)
+            np.maximum(occ, 0, out=occ)
+            np.minimum(occ, 1, out=occ)
+            if r < self.h / 2:
+                occ *= np.float32(2.0 * r / self.h)
             yield i, slice(j0, j1), slice(y0, y1), slice(x0, x1), occ
 
     def blend(self, hu: np.ndarray, z: np.ndarray) -> None:

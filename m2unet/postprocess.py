@@ -4,12 +4,12 @@
    ``margin_mm`` in-plane, for opacities at the pleura the HU mask leaves out) become background.
 2. No islands: for every class the largest 3D component (26-connected) stays; each smaller
    fragment is handed to the class that touches it on the most voxel faces (background included,
-   which wins only when it touches strictly more than every lobe). Repeated until stable (at most
-   ``max_passes``), since a handed fragment may join another class's fragment.
+   which wins only when it touches strictly more than every lobe). One pass over the classes
+   suffices (see :func:`remove_islands`).
 3. No holes in the lungs: lung voxels left unlabelled get the label of the nearest labelled voxel
-   (Euclidean distance in mm, computed in slabs of slices with an overlap of ``fill_margin_slices``
-   so the memory stays bounded; a voxel farther than that from any label in its slab stays
-   unlabelled). By the nearest-point property the filled voxels join the component they are
+   (Euclidean distance in mm, computed in slabs of slices, each in a window reaching
+   ``fill_margin_slices`` slices and 16 pixels beyond its unlabelled voxels, so the memory stays
+   bounded; a voxel with no label in its window stays unlabelled). By the nearest-point property the filled voxels join the component they are
    nearest to, so filling creates no new islands; a last island pass makes sure. Thin gaps are
    first closed by face-neighbour propagation, which is cheaper.
 """
@@ -20,12 +20,10 @@ import numpy as np
 from scipy import ndimage
 
 from m2unet.labels import NUM_CLASSES
-from m2unet.lungs import bounding_box
+from m2unet.lungs import bounding_box, component_sizes, label
 
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 FILL_SLAB = 64
-
-
 FACE_STEPS = ((0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1))  # (axis, step) of the 6 face neighbours
 
 
@@ -35,10 +33,10 @@ def _hand_over_class(labels: np.ndarray, c: int) -> set[int]:
     if box is None:
         return set()
     sub = labels[box]
-    components, count = ndimage.label(sub == c, structure=CONNECTIVITY_26)
+    components, count = label(sub == c, CONNECTIVITY_26)
     if count <= 1:
         return set()
-    sizes = np.bincount(components.ravel())
+    sizes = component_sizes(components, count)
     sizes[0] = 0
     components[components == sizes.argmax()] = 0  # the main component stays
     coords = np.nonzero(components)
@@ -70,9 +68,14 @@ def remove_islands(class_map: np.ndarray, max_passes: int = 1) -> np.ndarray:
     which touch the main component in turn; if not, its own turn comes later in the pass.
     """
     out = np.array(class_map, dtype=np.uint8, copy=True)
+    _remove_islands_in_place(out, max_passes)
+    return out
+
+
+def _remove_islands_in_place(out: np.ndarray, max_passes: int = 1) -> None:
     box = bounding_box(out > 0, margin=1)
     if box is None:
-        return out
+        return
     labels = out[box]  # a view: the work happens inside the labelled region
     todo = set(range(1, NUM_CLASSES))
     for _ in range(max_passes):
@@ -82,7 +85,6 @@ def remove_islands(class_map: np.ndarray, max_passes: int = 1) -> np.ndarray:
         if not receivers:
             break
         todo = receivers
-    return out
 
 
 def _propagate(labels: np.ndarray, todo: np.ndarray) -> None:
@@ -106,36 +108,37 @@ def fill_lungs(
     fill_margin_slices: int = 16,
     propagation_passes: int = 2,
 ) -> np.ndarray:
-    """Step 3 (see :func:`_fill_lungs`)."""
-    return _fill_lungs(class_map, lung, spacing, fill_margin_slices, propagation_passes)[0]
+    """Step 3 on a copy (see :func:`_fill_lungs_in_place`)."""
+    out = np.array(class_map, dtype=np.uint8, copy=True)
+    _fill_lungs_in_place(out, lung, spacing, fill_margin_slices, propagation_passes)
+    return out
 
 
-def _fill_lungs(
-    class_map: np.ndarray,
+def _fill_lungs_in_place(
+    out: np.ndarray,
     lung: np.ndarray,
     spacing: tuple[float, float, float],
     fill_margin_slices: int = 16,
     propagation_passes: int = 2,
-) -> tuple[np.ndarray, bool]:
-    """Step 3: unlabelled lung voxels take the nearest label (a new array).
+) -> bool:
+    """Step 3: unlabelled lung voxels take the nearest label.
 
     Thin gaps (the usual case: a rim between the network's lobes and the lung mask) are closed by
     ``propagation_passes`` passes of face-neighbour propagation (each voxel joins a label it touches,
     so no island appears); what remains gets the nearest label by a Euclidean distance transform in
-    slabs. Returns the map and whether the distance transform ran.
+    slabs. Returns whether the distance transform ran.
     """
-    out = np.array(class_map, dtype=np.uint8, copy=True)
-    todo = lung & (out == 0)
-    box = bounding_box(todo | (out > 0))
-    if box is None or not todo.any() or not (out > 0).any():
-        return out, False
-    labels, pending = out[box], todo[box]
+    box = bounding_box(lung)
+    if box is None:
+        return False
+    labels = out[box]
+    pending = lung[box] & (labels == 0)
+    if not pending.any() or not labels.any():
+        return False
     for _ in range(propagation_passes):
-        if not pending.any():
-            return out, False
         _propagate(labels, pending)
-    if not pending.any():
-        return out, False
+        if not pending.any():
+            return False
     sx, sy, sz = spacing
     depth = labels.shape[0]
     for start in range(0, depth, FILL_SLAB):
@@ -156,7 +159,7 @@ def _fill_lungs(
         del indices
         need = pending[start:stop, ys, xs]
         labels[start:stop, ys, xs][need] = nearest[need]
-    return out, True
+    return True
 
 
 def restrict_to_lungs(
@@ -186,16 +189,19 @@ def postprocess(
     class_map = np.asarray(class_map)
     if class_map.ndim != 3:
         raise ValueError(f"class_map must be (z, y, x), got shape {class_map.shape}")
-    if class_map.size and int(class_map.max()) >= NUM_CLASSES:
-        raise ValueError(f"class_map holds label {int(class_map.max())}, beyond 0..{NUM_CLASSES - 1}")
+    if not np.issubdtype(class_map.dtype, np.integer):
+        raise ValueError(f"class_map must hold integer labels, got dtype {class_map.dtype}")
+    if class_map.size and (int(class_map.min()) < 0 or int(class_map.max()) >= NUM_CLASSES):
+        raise ValueError(
+            f"class_map holds labels {int(class_map.min())}..{int(class_map.max())}, beyond 0..{NUM_CLASSES - 1}"
+        )
     if lung is None:
         return remove_islands(class_map)
     lung = np.asarray(lung, dtype=bool)
     if lung.shape != class_map.shape:
         raise ValueError(f"lung mask shape {lung.shape} differs from class_map shape {class_map.shape}")
-    out = restrict_to_lungs(class_map, lung, spacing, margin_mm)
-    out = remove_islands(out)
-    out, used_distance = _fill_lungs(out, lung, spacing)
-    if used_distance:
-        out = remove_islands(out)
+    out = restrict_to_lungs(class_map, lung, spacing, margin_mm)  # the one copy
+    _remove_islands_in_place(out)
+    if _fill_lungs_in_place(out, lung, spacing):
+        _remove_islands_in_place(out)
     return out

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
+import io
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from m2unet.device import PrecisionPolicy, precision_policy, resolve_device
 from m2unet.labels import to_lobe_map
 from m2unet.lungs import lung_mask as hu_lung_mask
-from m2unet.model import DOWNSAMPLING, DecodingBlock, M2UNet
+from m2unet.model import DOWNSAMPLING, WIDTH, DecodingBlock, M2UNet
 from m2unet.postprocess import postprocess
 from m2unet.preprocessing import (
     BodyBox,
@@ -70,6 +71,7 @@ SEVERE = "severe"
 NON_SEVERE = "non-severe"
 MIN_SLICES = 2  # one slice is a localiser or a single image, not a volume to segment in 3D
 DEFAULT_BAGS = 3  # see docs/engine-performance.md, "Bags"
+RUNTIMES = ("auto", "torch", "onnxruntime")
 STAGES = ("preprocess", "lungs", "segmentation", "classification", "postprocess", "total")
 
 
@@ -82,7 +84,8 @@ class InferenceOptions:
     slices); ``decoder_margin``: pixels around that box where the two finest decoding blocks run
     (None: over the whole crop; see :func:`segment_region`); ``skip_empty_slices``: slices without lung are background without running the
     network; ``batch_size``: slices per forward; ``fuse_batch_norm`` and ``channels_last``: the
-    network's layout; ``patch_batch``: bag patches per encoder forward.
+    network's layout; ``patch_batch``: bag patches per encoder forward; ``runtime``: ``torch``,
+    ``onnxruntime`` (CPU only) or ``auto`` (ONNX Runtime on the CPU when it is installed, else torch).
     """
 
     crop_margin: int | None = 96
@@ -92,12 +95,15 @@ class InferenceOptions:
     fuse_batch_norm: bool = True
     channels_last: bool = True
     patch_batch: int = 50
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("crop_margin", "decoder_margin"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or a non-negative integer, got {value!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         for name in ("batch_size", "patch_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -240,46 +246,190 @@ def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: i
     return slabs
 
 
-def _decode_region(block: DecodingBlock, coarse: torch.Tensor, coarse_box: Box, skip: torch.Tensor, box: Box) -> torch.Tensor:
-    """``block(coarse, skip)`` restricted to ``box`` (fine coordinates, even bounds, inside the
-    window that ``skip`` covers from 0), where ``coarse`` covers ``coarse_box`` (coarse coordinates).
-
-    The bilinear up-sampling is the model's (``size`` = twice the input, half-pixel centres): with
-    one coarse pixel of halo on each side that ``coarse`` has, every kept fine pixel is interpolated
-    from the same two coarse pixels as over the whole window. The block's convolutions then pad
-    with zeros at ``box``'s edge, which changes the output within 3 pixels of it; the caller keeps
-    its labels well inside."""
+def _halo_part(x, box: Box):
+    """``x[..., box]`` (coarse coordinates, ``x`` covers them from 0) with one pixel more on every
+    side: the real neighbours where ``x`` has them, else the edge pixel repeated. Bilinear
+    up-sampling of the result, less two fine pixels on every side, equals the up-sampling of the
+    whole of ``x`` restricted to the box (the model clamps at the edge the same way)."""
     y0, y1, x0, x1 = box
-    cy0, cy1, cx0, cx1 = y0 // 2 - coarse_box[0], y1 // 2 - coarse_box[0], x0 // 2 - coarse_box[2], x1 // 2 - coarse_box[2]
-    hy0, hx0 = int(cy0 > 0), int(cx0 > 0)
-    hy1, hx1 = int(cy1 < coarse.shape[-2]), int(cx1 < coarse.shape[-1])
-    part = coarse[..., cy0 - hy0 : cy1 + hy1, cx0 - hx0 : cx1 + hx1]
-    up = F.interpolate(part, size=(2 * part.shape[-2], 2 * part.shape[-1]), mode="bilinear", align_corners=False)
-    up = up[..., 2 * hy0 : 2 * hy0 + y1 - y0, 2 * hx0 : 2 * hx0 + x1 - x0]
-    up = block.up(up)
-    return block.fuse(torch.cat([up, skip[..., y0:y1, x0:x1]], dim=1))
+    h, w = x.shape[-2:]
+    top, bottom, left, right = int(y0 > 0), int(y1 < h), int(x0 > 0), int(x1 < w)
+    part = x[..., y0 - top : y1 + bottom, x0 - left : x1 + right]
+    pads = (1 - top, 1 - bottom, 1 - left, 1 - right)
+    if not any(pads):
+        return part
+    if isinstance(part, np.ndarray):
+        return np.pad(part, ((0, 0), (0, 0), pads[:2], pads[2:]), mode="edge")
+    return F.pad(part, (pads[2], pads[3], pads[0], pads[1]), mode="replicate")
 
 
-def segment_region(network: M2UNet, images: torch.Tensor, inner: Box) -> torch.Tensor:
-    """Segmentation logits of ``images`` (``[P, 1, H, W]``, H and W multiples of 16) restricted to
-    ``inner`` (multiples of 16, relative to the images).
+class Trunk(nn.Module):
+    """The encoder and decoding blocks 5 and 4 over a whole window: ``images`` -> outputs of
+    encoding blocks 1 and 2 (skips of the two finest decoding blocks) and of decoding block 4."""
 
-    Equal to ``network.segment(images)[..., inner]`` inside ``inner`` away from its edge: the encoder
-    and the three coarsest decoding blocks run over the whole window (their receptive field is
-    wide), decoding block 3 over ``inner`` grown by 16 pixels and decoding block 2, at full
-    resolution and the costliest, over ``inner`` only."""
-    full = (0, images.shape[-2], 0, images.shape[-1])
-    if inner == full or not all(isinstance(getattr(network, f"decoding_block{i}", None), DecodingBlock) for i in (3, 2)):
-        return network.segment(images)[..., inner[0] : inner[1], inner[2] : inner[3]]
-    e1, e2, e3, e4, e5 = network.encode(images)
-    d = network.decoding_block5(e5, e4)
-    d = network.decoding_block4(d, e3)  # 1/4 resolution, whole window
+    def __init__(self, network: M2UNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.network
+        e1, e2, e3, e4, e5 = n.encode(images)
+        d = n.decoding_block4(n.decoding_block5(e5, e4), e3)
+        return e1, e2, d
+
+
+class RegionBlock(nn.Module):
+    """A decoding block over a region: ``part`` (the coarse input over the region's half, with the
+    halo of :func:`_halo_part`) and ``skip`` (the encoder output over the region)."""
+
+    def __init__(self, block: DecodingBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, part: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(part, scale_factor=2.0, mode="bilinear", align_corners=False)[..., 2:-2, 2:-2]
+        return self.block.fuse(torch.cat([self.block.up(up), skip], dim=1))
+
+
+class Head(nn.Module):
+    """Decoding blocks 2 and 1 over a region, then the argmax: labels ``[P, h, w]`` (int64)."""
+
+    def __init__(self, network: M2UNet) -> None:
+        super().__init__()
+        self.block = RegionBlock(network.decoding_block2)
+        self.classes = network.decoding_block1
+
+    def forward(self, part: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.classes(self.block(part, skip)).argmax(dim=1)
+
+
+class Encoder(nn.Module):
+    """Encoding blocks 1-5 of bag patches -> the embedding (output of encoding block 5)."""
+
+    def __init__(self, network: M2UNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.network.encode(patches)[-1]
+
+
+def segment_region(run, images, inner: Box) -> np.ndarray:
+    """Labels (uint8 ``[P, h, w]``) of ``images`` (``[P, 1, H, W]``, H and W multiples of 16) over
+    ``inner`` (multiples of 16, relative to the images); ``run(name, *inputs)`` runs the part
+    ``name`` ("trunk", "block3", "head") of the network.
+
+    Equal to the argmax of ``network.segment(images)`` inside ``inner`` away from its edge: the
+    encoder and the three coarsest decoding blocks run over the whole window (their receptive
+    field is wide), decoding block 3 over ``inner`` grown by 16 pixels, and decoding block 2 (full
+    resolution, the costliest) over ``inner`` only. The blocks' convolutions pad with zeros at the
+    edges of these regions, which changes the output within 3 pixels of an edge that is not the
+    window's; labels are kept only well inside."""
+    height, width = images.shape[-2:]
+    e1, e2, d4 = run("trunk", images)
     y0, y1, x0, x1 = inner
-    middle = (max(y0 - 16, 0), min(y1 + 16, full[1]), max(x0 - 16, 0), min(x1 + 16, full[3]))
-    middle_half = tuple(v // 2 for v in middle)
-    d = _decode_region(network.decoding_block3, d, (0, 0, 0, 0), e2, middle_half)  # 1/2 resolution
-    d = _decode_region(network.decoding_block2, d, middle_half, e1, inner)  # full resolution
-    return network.decoding_block1(d)
+    middle = (max(y0 - 16, 0), min(y1 + 16, height), max(x0 - 16, 0), min(x1 + 16, width))
+    my0, my1, mx0, mx1 = (v // 2 for v in middle)  # 1/2 resolution
+    d3 = run("block3", _halo_part(d4, (my0 // 2, my1 // 2, mx0 // 2, mx1 // 2)), e2[..., my0:my1, mx0:mx1])
+    head_box = (y0 // 2 - my0, y1 // 2 - my0, x0 // 2 - mx0, x1 // 2 - mx0)
+    labels = run("head", _halo_part(d3, head_box), e1[..., y0:y1, x0:x1])
+    if isinstance(labels, torch.Tensor):
+        return labels.to(torch.uint8).cpu().numpy()
+    return labels.astype(np.uint8)
+
+
+class TorchRunner:
+    """Runs the parts with PyTorch on the predictor's device (channels-last, autocast per policy)."""
+
+    name = "torch"
+
+    def __init__(self, network: M2UNet, device: torch.device, policy: PrecisionPolicy, channels_last: bool) -> None:
+        self.device = device
+        self.policy = policy
+        self.channels_last = channels_last
+        self.parts = {
+            "trunk": Trunk(network),
+            "encoder": Encoder(network),
+        }
+        if network.has_decoder:
+            self.parts["block3"] = RegionBlock(network.decoding_block3)
+            self.parts["head"] = Head(network)
+
+    def tensor(self, array) -> torch.Tensor:
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        if tensor.device != self.device:
+            if self.device.type == "cuda":
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            else:
+                tensor = tensor.to(self.device)
+        if self.channels_last and tensor.ndim == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def __call__(self, name: str, *inputs):
+        with torch.inference_mode(), self.policy.autocast():
+            return self.parts[name](*(self.tensor(x) for x in inputs))
+
+
+class OnnxRunner:
+    """Runs the parts with ONNX Runtime on the CPU: each part exported once (legacy TorchScript
+    exporter, dynamic batch and size) when the predictor is built."""
+
+    name = "onnxruntime"
+
+    def __init__(self, network: M2UNet, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        network = network.float().to("cpu").to(memory_format=torch.contiguous_format).eval()
+        c = WIDTH
+        examples = {
+            "trunk": ((torch.zeros(1, 1, 64, 64),), ["images"], ["e1", "e2", "d4"]),
+            "encoder": ((torch.zeros(1, 1, 32, 32),), ["patches"], ["embedding"]),
+        }
+        if network.has_decoder:
+            examples["block3"] = ((torch.zeros(1, c, 6, 6), torch.zeros(1, c, 8, 8)), ["part", "skip"], ["out"])
+            examples["head"] = ((torch.zeros(1, c, 6, 6), torch.zeros(1, c, 8, 8)), ["part", "skip"], ["labels"])
+        modules = {
+            "trunk": Trunk(network), "encoder": Encoder(network),
+            "block3": RegionBlock(network.decoding_block3) if network.has_decoder else None,
+            "head": Head(network) if network.has_decoder else None,
+        }
+        self.sessions = {}
+        for name, (args, inputs, outputs) in examples.items():
+            buffer = io.BytesIO()
+            axes = {k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in inputs + outputs}
+            if "labels" in axes:
+                axes["labels"] = {0: "batch", 1: "labels_h", 2: "labels_w"}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    modules[name], args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
+                    dynamic_axes=axes, opset_version=17,
+                )
+            self.sessions[name] = (ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), inputs)
+
+    def __call__(self, name: str, *inputs):
+        session, names = self.sessions[name]
+        feed = {}
+        for key, value in zip(names, inputs):
+            if isinstance(value, torch.Tensor):
+                value = value.numpy()
+            feed[key] = np.ascontiguousarray(value, dtype=np.float32)
+        outputs = session.run(None, feed)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # -- the predictor ------------------------------------------------------------------------------
@@ -328,6 +478,17 @@ class Predictor:
         for p in network.parameters():
             p.requires_grad_(False)
         self.network = network
+        runtime = self.options.runtime
+        if runtime == "auto":
+            runtime = "onnxruntime" if self.device.type == "cpu" and onnxruntime_available() else "torch"
+        if runtime == "onnxruntime":
+            if self.device.type != "cpu":
+                raise ValueError(f"runtime 'onnxruntime' runs on the CPU only, not on device {self.device}")
+            if not onnxruntime_available():
+                raise ValueError("runtime 'onnxruntime' needs the packages onnxruntime and onnx, which are not installed")
+            self.runner = OnnxRunner(network)
+        else:
+            self.runner = TorchRunner(network, self.device, self.policy, self.options.channels_last)
 
     @classmethod
     def from_weights(
@@ -443,10 +604,10 @@ class Predictor:
         component per class, lung voxels without a label filled from the nearest."""
         return np.asarray(postprocess(class_map, lung_mask, volume.spacing), dtype=np.uint8)
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+    def _tensor(self, array) -> torch.Tensor:
+        """An array or tensor as a tensor on this predictor's device, in its memory format."""
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+        tensor = tensor.to(self.device)
         if self.options.channels_last and tensor.ndim == 4:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
@@ -478,10 +639,8 @@ class Predictor:
         images[:, 0, : ey - oy0, : ex - ox0] = window(hu[z, oy0:ey, ox0:ex], self.preprocessing)
         inner = (iy0 - oy0, iy1 - oy0, ix0 - ox0, ix1 - ox0)
         ky, kx = min(iy1, height) - iy0, min(ix1, width) - ix0  # the part inside the image
-        with torch.inference_mode(), self.policy.autocast():
-            logits = segment_region(self.network, self._to_device(images), inner)
-            labels = logits[..., :ky, :kx].argmax(dim=1).to(torch.uint8).cpu().numpy()
-        return labels, (iy0, iy0 + ky, ix0, ix0 + kx)
+        labels = segment_region(self.runner, images, inner)
+        return labels[..., :ky, :kx], (iy0, iy0 + ky, ix0, ix0 + kx)
 
     def _segment_resampled(
         self, hu: np.ndarray, z: list[int], slab: Slab, spacing_xy: tuple[float, float], target: float
@@ -495,7 +654,7 @@ class Predictor:
         images = self._resampled_images(window(hu[z, oy0:ey, ox0:ex], self.preprocessing), spacing_xy, target)
         size = resampled_shape(crop, spacing_xy, target)
         with torch.inference_mode(), self.policy.autocast():
-            logits = self.network.segment(self._to_device(images))
+            logits = self.network.segment(self._tensor(images))
             logits = restore_in_plane_logits(logits[..., : size[0], : size[1]].float(), crop)
             labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return labels, (oy0, ey, ox0, ex)
@@ -521,10 +680,10 @@ class Predictor:
             bag = sample_bag(source, bag_box, config, rng, hu=hu_input)
             patches = bag.patches
             embeddings = []
+            for start in range(0, len(patches), self.options.patch_batch):
+                chunk = np.ascontiguousarray(patches[start : start + self.options.patch_batch])
+                embeddings.append(self._tensor(self.runner("encoder", chunk)))
             with torch.inference_mode(), self.policy.autocast():
-                for start in range(0, len(patches), self.options.patch_batch):
-                    chunk = self._to_device(np.ascontiguousarray(patches[start : start + self.options.patch_batch]))
-                    embeddings.append(self.network.encode(chunk)[-1])
                 logits = self.network.classify(torch.cat(embeddings), bag_size=len(patches)).float()
                 probabilities.append(float(torch.softmax(logits, dim=1)[0, 1]))
         return tuple(probabilities)
@@ -548,11 +707,17 @@ __all__ = [
     "InferenceOptions",
     "MIN_SLICES",
     "NON_SEVERE",
+    "OnnxRunner",
     "Prediction",
     "Predictor",
+    "RUNTIMES",
     "SEVERE",
+    "STAGES",
     "Slab",
+    "TorchRunner",
     "content_seed",
     "fold_batch_norm",
+    "onnxruntime_available",
     "plan_slabs",
+    "segment_region",
 ]

@@ -160,7 +160,7 @@ def body_box(hu_volume: np.ndarray, config: PreprocessingConfig | None = None) -
     labels, count = ndimage.label(coarse)
     if count == 0:
         return BodyBox(0, depth, 0, height, 0, width)
-    sizes = np.bincount(labels.ravel())
+    sizes = np.bincount(labels.ravel())  # a coarse grid: small
     sizes[0] = 0
     (zs, ys, xs) = ndimage.find_objects(labels)[int(sizes.argmax()) - 1]
     y0, y1 = max((ys.start - 1) * step, 0), min((ys.stop + 1) * step, height)

@@ -122,17 +122,14 @@ def quantify(volume: Volume, lobe_map: np.ndarray, band: OpacityBand | None = No
     num_labels = max(Lobe) + 1
     voxels = np.zeros(num_labels, dtype=np.int64)
     opacity = np.zeros(num_labels, dtype=np.int64)
-    labelled = lobe_map > 0
-    if labelled.any():
-        if int(lobe_map.min()) < 0 or int(lobe_map.max()) >= num_labels:
-            raise ValueError(f"lobe_map holds labels outside 0..{num_labels - 1}")
-        # slab by slab, to keep the temporary arrays small
-        for z in range(0, lobe_map.shape[0], 32):
-            labels = lobe_map[z : z + 32]
-            hu = volume.hu[z : z + 32]
-            voxels += np.bincount(labels.ravel(), minlength=num_labels)
-            in_band = (hu >= band.low_hu) & (hu < band.high_hu)
-            opacity += np.bincount(labels[in_band].ravel(), minlength=num_labels)
+    if lobe_map.size and (int(lobe_map.min()) < 0 or int(lobe_map.max()) >= num_labels):
+        raise ValueError(f"lobe_map holds labels outside 0..{num_labels - 1}")
+    for z in range(0, lobe_map.shape[0], 32):  # slab by slab: small temporaries
+        labels = lobe_map[z : z + 32]
+        hu = volume.hu[z : z + 32]
+        voxels += np.bincount(labels.ravel(), minlength=num_labels)
+        in_band = (hu >= band.low_hu) & (hu < band.high_hu)
+        opacity += np.bincount(labels[in_band].ravel(), minlength=num_labels)
     voxel_ml = volume.voxel_volume_ml
     lobes = {}
     for lobe in Lobe:

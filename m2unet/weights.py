@@ -305,8 +305,13 @@ def calibrate_batch_norm(model: M2UNet, seed: int = 0, patches: int = 2, size: i
             module.reset_running_stats()
             module.momentum = None  # cumulative average over this one pass
     model.train()
-    with torch.no_grad():
-        model(bag)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny forward: one thread is faster than a contended pool
+    try:
+        with torch.no_grad():
+            model(bag)
+    finally:
+        torch.set_num_threads(threads)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.1

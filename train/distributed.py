@@ -78,6 +78,17 @@ def all_reduce_mean(value: float, context: DistributedContext) -> float:
     return float(tensor.item()) / context.world_size
 
 
+def all_reduce_max(value: float, context: DistributedContext) -> float:
+    """The largest ``value`` over all processes (so that all agree, e.g. on the schedule's progress)."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if context.backend == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
 def shutdown(context: DistributedContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()

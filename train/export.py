@@ -80,8 +80,10 @@ def export_run(
     metrics: dict | None = None,
     threshold: float | None = None,
     float16: bool = True,
+    summary: str | None = None,
 ) -> ExportResult:
-    """Write the weights of the run in ``run_dir`` and their model card (see the module doc)."""
+    """Write the weights of the run in ``run_dir`` and their model card (see the module doc);
+    ``summary`` is a paragraph for the card saying plainly what the weights are."""
     run_dir = Path(run_dir)
     model, recipe = load_run_model(run_dir)
     run_info = _read_json(run_dir / RUN_INFO)
@@ -101,6 +103,7 @@ def export_run(
         metrics=measured,
         threshold=threshold,
         float16=float16,
+        summary=summary,
     )
 
 
@@ -115,6 +118,7 @@ def export_model(
     threshold: float,
     card_path: str | Path | None = None,
     float16: bool = True,
+    summary: str | None = None,
 ) -> ExportResult:
     weights_path = Path(weights_path)
     card_path = Path(card_path) if card_path is not None else weights_path.parent / MODEL_CARD
@@ -132,7 +136,7 @@ def export_model(
     sha256 = save_weights(weights_path, model, metadata, dtype=torch.float16 if float16 else torch.float32)
     load_weights(weights_path)  # the file must read back before it is described
     card_path.parent.mkdir(parents=True, exist_ok=True)
-    card_path.write_text(model_card(metadata, sha256, weights_path, float16=float16))
+    card_path.write_text(model_card(metadata, sha256, weights_path, float16=float16, summary=summary))
     return ExportResult(weights=weights_path, card=card_path, sha256=sha256, size_bytes=weights_path.stat().st_size)
 
 
@@ -161,7 +165,7 @@ def _metric_lines(metrics: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-def model_card(metadata: WeightsMetadata, sha256: str, weights_path: Path, *, float16: bool) -> str:
+def model_card(metadata: WeightsMetadata, sha256: str, weights_path: Path, *, float16: bool, summary: str | None = None) -> str:
     recipe = metadata.recipe
     prep = metadata.preprocessing
     spacing = prep.get("in_plane_spacing_mm")
@@ -174,6 +178,10 @@ def model_card(metadata: WeightsMetadata, sha256: str, weights_path: Path, *, fl
         f"- Variant: `{metadata.variant}` (M2UNet of He et al., IEEE TMI 2020, Table I)",
         f"- Decision threshold on the probability of severe: {metadata.threshold:.4f}",
         "",
+    ]
+    if summary:
+        lines += ["## What these weights are", "", summary, ""]
+    lines += [
         "## Intended use",
         "",
         "Research and demonstration: to run the m2unet-node end to end (lobe segmentation and a severe / "

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from m2unet.model import M2UNet
 from m2unet.preprocessing import PreprocessingConfig
-from train.distributed import SINGLE, DistributedContext, all_reduce_mean, barrier
+from train.distributed import SINGLE, DistributedContext, all_reduce_max, all_reduce_mean, barrier
 from train.objective import loss_figures, objective
 from train.prepared import PreparedCase
 from train.recipe import Recipe
@@ -171,9 +171,12 @@ def fit(
     budget = 60.0 * recipe.time_budget_minutes if recipe.time_budget_minutes else None
 
     def progress_fraction(at_step: int) -> float:
+        """Where the schedule stands: by steps, or by the time budget when that is further along
+        (the same on every process)."""
         fraction = at_step / max(total_steps, 1)
         if budget:
-            fraction = max(fraction, (trained_seconds + time.monotonic() - session_start) / budget)
+            elapsed = (trained_seconds + time.monotonic() - session_start) / budget
+            fraction = max(fraction, all_reduce_max(elapsed, world))
         return min(fraction, 1.0)
 
     def save_checkpoint(epoch: int) -> None:
@@ -209,7 +212,8 @@ def fit(
             started = time.monotonic()
             done_steps = 0
             for i in range(per_epoch):
-                if budget and progress_fraction(step) >= 1.0:
+                done_fraction = progress_fraction(step)
+                if budget and done_fraction >= 1.0:
                     out_of_time = True  # the time budget is spent: the schedule has reached its end
                     break
                 picks = order[i * recipe.bags_per_step : (i + 1) * recipe.bags_per_step]
@@ -217,7 +221,7 @@ def fit(
                 images, severity, targets, has_mask = collate(bags)
                 images, severity, has_mask = images.to(device), severity.to(device), has_mask.to(device)
                 targets = targets.to(device) if targets is not None else None
-                lr = poly_learning_rate(recipe, round(progress_fraction(step) * total_steps), total_steps)
+                lr = poly_learning_rate(recipe, round(done_fraction * total_steps), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with _autocast(recipe, device):

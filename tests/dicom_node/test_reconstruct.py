@@ -232,7 +232,7 @@ def test_phantom_series_round_trips_through_reconstruction(tmp_path):
     from m2unet.phantom import make_phantom
     from m2unet.phantom_dicom import write_ct_series as write_phantom_series
 
-    phantom = make_phantom(7, shape=(12, 64, 64))
+    phantom = make_phantom(7, shape=(12, 128, 128))
     files = write_phantom_series(phantom, tmp_path)
     rec = reconstruct_series(files[::-1])
     v, p = rec.volume, phantom.volume

@@ -221,3 +221,28 @@ def test_enhanced_ct_multiframe_is_received_and_reconstructs(scp, tmp_path):
     assert scp.wait_for_state(uid, ("queued",)).instances == 1
     rec = reconstruct_series(db.series_instance_paths(scp.conn, uid))
     assert np.array_equal(rec.volume.hu, hu) and rec.instances[0].frame_number == 10
+
+
+def test_truncated_compressed_dataset_gets_a_failure_status(tmp_path):
+    """Receiver level (DCMTK will not send a file it cannot read, and pynetdicom only streams
+    uncompressed files raw): a JPEG-LS dataset cut short is refused, nothing stored."""
+    from pydicom.filereader import read_file_meta_info
+
+    from dicom_node.receive import Receiver
+    from dicom_node.spool import Spool
+
+    [original] = write_ct_series(tmp_path / "o", phantom_hu(1, 64))
+    [packed] = compress([original], tmp_path / "jls", "jpeg-ls")
+    meta = read_file_meta_info(packed)
+    body = packed.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength:]
+    conn = db.connect(tmp_path / "data")
+    receiver = Receiver(conn, Spool(tmp_path / "data"), "1.2.3", "TEST")
+    for cut in (10, 1000):
+        result = receiver.receive(
+            body[:-cut], meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID, "SCANNER", False
+        )
+        assert 0xA900 <= result.status <= 0xCFFF, result
+    assert db.list_series(conn) == [] and not list((tmp_path / "data" / "spool").rglob("*.dcm"))
+    ok = receiver.receive(body, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID, "SCANNER", False)
+    assert ok.status == 0
+    conn.close()

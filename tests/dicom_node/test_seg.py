@@ -182,3 +182,19 @@ def test_lobe_map_of_wrong_shape_is_refused(case):
     identity = result_identity(ResultKind.SEG, "1.2.3", ["1.2.3.4"], "x")
     with pytest.raises(ValueError, match="lobe_map shape"):
         build_seg(case.source, case.lobe_map[:10], case.findings, identity, "M2UNET")
+
+
+def test_tilted_gantry_series_gives_a_valid_seg_on_the_source_planes(tmp_path):
+    """A tilted acquisition (origins drift in-plane along the table): the SEG frames sit on the
+    source images' planes and dciodvfy accepts it."""
+    from tests.support.results_data import small_case
+
+    case = small_case(tmp_path, slices=12, size=48, tilt_deg=12.0)
+    written = write_result_set(case.result_set, tmp_path / "out")
+    assert dciodvfy_errors(written[ResultKind.SEG]) == []
+    seg = case.result_set.seg
+    sources = {str(h.SOPInstanceUID): h for h in case.source.headers}
+    for frame in seg.PerFrameFunctionalGroupsSequence[:12]:
+        source_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        assert position == pytest.approx([float(v) for v in sources[source_uid].ImagePositionPatient], abs=1e-3)

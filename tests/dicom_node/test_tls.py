@@ -68,3 +68,24 @@ def test_bad_tls_settings_name_the_key(tmp_path, pki):
         server_context(TlsSettings(True, pki / "server.crt", pki / "server.key", None, True))
     with pytest.raises(ValueError, match="tls.private_key"):
         server_context(TlsSettings(True, pki / "server.crt", tmp_path / "nope.key", pki / "ca.crt"))
+
+
+def test_node_process_serves_tls_from_its_config(tmp_path, pki):
+    from tests.support.node_process import NodeProcess
+
+    config = {
+        "sources": [{"ae_title": "SCANNER"}],
+        "tls": {
+            "enabled": True,
+            "certificate": str(pki / "server.crt"),
+            "private_key": str(pki / "server.key"),
+            "ca_certificates": str(pki / "ca.crt"),
+        },
+    }
+    node = NodeProcess(config, tmp_path).start()
+    try:
+        assert echoscu(node.port, extra=client(pki)).returncode == 0
+        assert echoscu(node.port, extra=["-to", "5", "-ta", "5"], timeout=30).returncode != 0
+    finally:
+        assert node.stop() == 0
+    assert any(e.get("event") == "scp_listening" and e.get("tls") is True for e in node.log_events())

@@ -67,7 +67,8 @@ def test_lobes_fill_the_air_filled_lungs():
     # air inside the body: below -500 HU and not connected to the outside of the body
     air = hu < -500
     labels, _ = ndimage.label(air)
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    faces = [labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]]
+    border = np.unique(np.concatenate([f.ravel() for f in faces]))
     inner_air = air & ~np.isin(labels, border[border > 0])
     healthy = lobes & ~p.lesion_mask
     assert np.mean(hu[healthy] < -500) > 0.9  # lobes hold lung, not tissue

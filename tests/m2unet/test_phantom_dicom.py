@@ -125,3 +125,15 @@ def test_write_nifti_keeps_image_labels_and_geometry(tmp_path):
     assert image.GetSpacing() == pytest.approx(p.volume.spacing, abs=1e-4)
     assert image.GetOrigin() == pytest.approx(p.volume.origin, abs=1e-3)
     assert mask.GetOrigin() == pytest.approx(image.GetOrigin())
+
+
+def test_hu_the_scanner_cannot_store_are_refused(tmp_path):
+    import dataclasses
+
+    from m2unet.phantom_scanners import SCANNERS
+
+    ge = make_phantom(37, shape=(8, 64, 64), scanner="ge-brightspeed")  # pads with -2000 HU
+    unsigned = dataclasses.replace(ge, scanner=SCANNERS["siemens-perspective"])  # stores >= -1024
+    with pytest.raises(ValueError, match="do not fit"):
+        write_ct_series(unsigned, tmp_path)
+    assert not list(tmp_path.iterdir())

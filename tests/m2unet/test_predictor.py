@@ -7,6 +7,8 @@ weights are random: the tests check behaviour, never accuracy.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -23,12 +25,15 @@ from m2unet.predictor import (
     Prediction,
     Predictor,
     content_seed,
+    onnxruntime_available,
 )
 from m2unet.preprocessing import PreprocessingConfig
 from m2unet.volume import Volume
-from m2unet.weights import WeightsMetadata, calibrate_batch_norm, save_weights
+from m2unet.weights import WeightsMetadata, calibrate_batch_norm, load_weights, save_weights
 
 SMALL_BAGS = PreprocessingConfig(patch_size=32, bag_size=8, min_body_size=64)
+# PyTorch here (no per-predictor ONNX export); ONNX Runtime has its own test below
+TORCH = InferenceOptions(runtime="torch")
 
 
 def small_weights(path, variant="m2unet", threshold=0.5, preprocessing=SMALL_BAGS, seed=0):
@@ -55,7 +60,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(weights) -> Predictor:
-    return Predictor.from_weights(weights[0], device="cpu", bags=2)
+    return Predictor.from_weights(weights[0], device="cpu", bags=2, options=TORCH)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +120,14 @@ def test_probability_and_severity(prediction, predictor):
     assert prediction.severity == (SEVERE if p >= prediction.threshold else NON_SEVERE)
 
 
-def test_threshold_comes_from_the_weights(tmp_path, volume, prediction):
-    p = prediction.probability_severe
+def test_threshold_comes_from_the_weights(tmp_path, volume):
+    path, sha = small_weights(tmp_path / "cls.pt", variant="cls_only")
+    loaded = load_weights(path)
+    p = Predictor(loaded.model, loaded.metadata, sha, "cpu", bags=1, options=TORCH).predict(volume, seed=7).probability_severe
     calls = {}
     for name, threshold in (("low", p / 2), ("high", (1 + p) / 2)):
-        path, _ = small_weights(tmp_path / f"{name}.pt", threshold=threshold)
-        result = Predictor.from_weights(path, device="cpu", bags=2).predict(volume, seed=7)
+        metadata = dataclasses.replace(loaded.metadata, threshold=threshold)
+        result = Predictor(loaded.model, metadata, sha, "cpu", bags=1, options=TORCH).predict(volume, seed=7)
         assert result.threshold == pytest.approx(threshold)
         assert result.probability_severe == pytest.approx(p, abs=1e-6)
         calls[name] = result.severity
@@ -140,10 +147,11 @@ def test_timings_and_provenance(prediction, weights):
 
 
 def test_fast_path_matches_the_plain_forward_inside_the_lungs(weights, volume, prediction):
-    """Whole slices, every slice, batch norm unfused, contiguous tensors: the plain reference."""
+    """Whole slices one at a time, batch norm unfused, contiguous tensors: the plain reference
+    (on the slices with lung: the clean-up makes every other voxel background anyway)."""
     plain = InferenceOptions(
-        crop_margin=None, decoder_margin=None, skip_empty_slices=False, batch_size=1,
-        fuse_batch_norm=False, channels_last=False,
+        crop_margin=None, decoder_margin=None, skip_empty_slices=True, batch_size=1,
+        fuse_batch_norm=False, channels_last=False, runtime="torch",
     )
     reference = Predictor.from_weights(weights[0], device="cpu", bags=2, options=plain)
     lungs = lung_mask(volume)
@@ -162,7 +170,7 @@ def test_int16_and_float_volumes_give_the_same_answer(predictor, volume, predict
 def test_resampled_weights_still_answer_on_the_source_grid(tmp_path, volume):
     resampled = PreprocessingConfig(patch_size=32, bag_size=8, min_body_size=64, in_plane_spacing_mm=6.0)
     path, _ = small_weights(tmp_path / "resampled.pt", preprocessing=resampled)
-    result = Predictor.from_weights(path, device="cpu", bags=1).predict(volume, seed=3)
+    result = Predictor.from_weights(path, device="cpu", bags=1, options=TORCH).predict(volume, seed=3)
     assert result.lobe_map.shape == volume.shape
     assert not result.lobe_map[~lung_mask(volume)].any()
     assert 0.0 <= result.probability_severe <= 1.0
@@ -170,7 +178,7 @@ def test_resampled_weights_still_answer_on_the_source_grid(tmp_path, volume):
 
 def test_seg_only_and_cls_only_weights(tmp_path, volume):
     seg_path, _ = small_weights(tmp_path / "seg.pt", variant="seg_only")
-    seg = Predictor.from_weights(seg_path, device="cpu")
+    seg = Predictor.from_weights(seg_path, device="cpu", options=TORCH)
     result = seg.predict(volume, seed=1)
     assert result.has_lobes and not result.has_severity
     assert result.probability_severe is None and result.severity is None and result.bag_probabilities == ()
@@ -180,7 +188,7 @@ def test_seg_only_and_cls_only_weights(tmp_path, volume):
         seg.require_variant()
 
     cls_path, _ = small_weights(tmp_path / "cls.pt", variant="cls_only")
-    cls = Predictor.from_weights(cls_path, device="cpu", bags=1)
+    cls = Predictor.from_weights(cls_path, device="cpu", bags=1, options=TORCH)
     result = cls.predict(volume, seed=1)
     assert result.has_severity and not result.has_lobes
     assert result.lobe_map is None and result.class_map is None
@@ -188,3 +196,17 @@ def test_seg_only_and_cls_only_weights(tmp_path, volume):
     assert result.timings["segmentation"] == 0.0
     with pytest.raises(ValueError, match="cls_only.*no segmentation"):
         cls.require_variant()
+
+
+def test_onnxruntime_gives_the_torch_answer(weights, volume, prediction):
+    onnx = InferenceOptions(runtime="onnxruntime")
+    if not onnxruntime_available():
+        with pytest.raises(ValueError, match="onnxruntime"):
+            Predictor.from_weights(weights[0], device="cpu", options=onnx)
+        return
+    predictor = Predictor.from_weights(weights[0], device="cpu", bags=2, options=onnx)
+    assert predictor.runner.name == "onnxruntime"
+    result = predictor.predict(volume, seed=7, keep_raw=True)
+    lungs = lung_mask(volume)
+    assert (result.raw_class_map[lungs] == prediction.raw_class_map[lungs]).mean() > 0.999
+    assert result.probability_severe == pytest.approx(prediction.probability_severe, abs=1e-4)

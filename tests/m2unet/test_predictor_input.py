@@ -20,7 +20,7 @@ def weights_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(weights_path) -> Predictor:
-    return Predictor.from_weights(weights_path, device="cpu", bags=1)
+    return Predictor.from_weights(weights_path, device="cpu", bags=1, options=InferenceOptions(runtime="torch"))
 
 
 def unchecked_volume(hu, spacing=(1.0, 1.0, 2.0)) -> Volume:
@@ -136,3 +136,5 @@ def test_bad_options_and_bags_are_refused(weights_path):
         InferenceOptions(crop_margin=-1)
     with pytest.raises(ValueError, match="batch_size"):
         InferenceOptions(batch_size=0)
+    with pytest.raises(ValueError, match="runtime"):
+        InferenceOptions(runtime="tensorrt")

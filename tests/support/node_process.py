@@ -11,7 +11,8 @@
 
 ``config`` is TOML text or a dict. A dict is merged over defaults: ``[node]`` gets a free loopback
 port, ``data_dir = <tmp_path>/data``, ``ae_title = "M2UNET"``, ``series_timeout = 1``,
-``log_format = "json"``. TOML text is used as given, except that ``{port}`` and ``{data_dir}`` are
+``log_format = "json"``. With ``[tls] enabled``, readiness is the port accepting connections
+(use DCMTK's ``echoscu +tls`` to talk to it). TOML text is used as given, except that ``{port}`` and ``{data_dir}`` are
 filled in. Also a context manager (stops on exit).
 """
 
@@ -85,6 +86,7 @@ class NodeProcess:
         self.data_dir = self.folder / "data"
         self.ae_title = DEFAULT_AE_TITLE
         self.echo_ae = "ECHOSCU"
+        self.tls = False
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.write_config(config)
@@ -112,6 +114,7 @@ class NodeProcess:
             for key, value in merged.items():
                 doc[key] = value
             text = tomlkit.dumps(doc)
+        self.tls = bool(doc.get("tls", {}).get("enabled", False))
         sources = doc.get("sources", [])
         self.echo_ae = str(sources[0]["ae_title"]) if sources else "ECHOSCU"
         node_table = doc.get("node", {})
@@ -143,13 +146,18 @@ class NodeProcess:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-                if self.echo(timeout=2.0, rejected_is_alive=True):
+                if self._listening() if self.tls else self.echo(timeout=2.0, rejected_is_alive=True):
                     return self
                 time.sleep(0.2)
         finally:
             quiet.setLevel(level)
         self.kill()
         raise TimeoutError(f"node did not answer C-ECHO within {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def _listening(self) -> bool:
+        """For a TLS node (no TLS client here): its port accepts TCP connections."""
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def echo(self, timeout: float = 5.0, calling_ae: str | None = None, rejected_is_alive: bool = False) -> bool:
         """C-ECHO as ``calling_ae`` (default: the first ``[[sources]]`` AE title, else ECHOSCU)."""

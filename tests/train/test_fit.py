@@ -97,3 +97,14 @@ def test_fit_resumes_from_its_checkpoint(tmp_path, tiny):
 def test_empty_dataset_stops_before_training(tmp_path):
     with pytest.raises(ValueError, match="the dataset is empty"):
         fit(SMOKE, [], tmp_path, progress=False)
+
+
+def test_time_budget_ends_the_schedule_and_the_run(tmp_path, tiny):
+    recipe = SMOKE.replace(epochs=1000, steps_per_epoch=2, time_budget_minutes=0.02)
+    result = fit(recipe, tiny[:2], tmp_path, progress=False)
+    assert result.history[-1]["stopped"] == "time budget spent"
+    assert result.steps < 2000
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert state["epoch"] == 1000 and state["trained_seconds"] >= 1.2
+    again = fit(recipe, tiny[:2], tmp_path, progress=False)  # a finished run resumes as finished
+    assert again.steps == result.steps
