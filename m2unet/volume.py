@@ -72,8 +72,12 @@ def validate_volume(volume: Volume) -> None:
         raise ValueError(f"hu is empty: shape {hu.shape}")
     if hu.shape[0] < MIN_SLICES:
         raise ValueError(f"hu has {hu.shape[0]} slice; a CT volume needs at least {MIN_SLICES} (shape {hu.shape})")
-    if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
-        raise ValueError("hu holds NaN or infinite values")
+    if np.issubdtype(hu.dtype, np.floating):
+        for start in range(0, hu.shape[0], 32):  # slab by slab: no volume-sized temporary
+            if not np.isfinite(hu[start : start + 32]).all():
+                raise ValueError(
+                    f"hu holds NaN or infinite values (in slices {start}..{min(start + 32, hu.shape[0]) - 1})"
+                )
     if len(volume.spacing) != 3:
         raise ValueError(f"spacing must have 3 values (x, y, z), got {volume.spacing!r}")
     for axis, s in zip("xyz", volume.spacing):

@@ -25,7 +25,6 @@ from pydicom.uid import generate_uid
 from dicom_node.results import codes
 from dicom_node.results.equipment import MANUFACTURER, MODEL_NAME
 from dicom_node.results.findings import Findings
-from dicom_node.results.seg import algorithm_identification
 from dicom_node.results.source import SourceSeries
 from dicom_node.results.uids import ResultIdentity
 from m2unet.labels import Lobe
