@@ -347,13 +347,10 @@ class TorchRunner:
         self.device = device
         self.policy = policy
         self.channels_last = channels_last
-        self.parts = {
-            "trunk": Trunk(network),
-            "encoder": Encoder(network),
-        }
+        self.parts = {"trunk": Trunk(network).eval(), "encoder": Encoder(network).eval()}
         if network.has_decoder:
-            self.parts["block3"] = RegionBlock(network.decoding_block3)
-            self.parts["head"] = Head(network)
+            self.parts["block3"] = RegionBlock(network.decoding_block3).eval()
+            self.parts["head"] = Head(network).eval()
 
     def tensor(self, array) -> torch.Tensor:
         tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
@@ -398,6 +395,8 @@ class OnnxRunner:
             "block3": RegionBlock(network.decoding_block3) if network.has_decoder else None,
             "head": Head(network) if network.has_decoder else None,
         }
+        # the exporter leaves a module in the mode it found it in: eval, or batch norm would train
+        modules = {k: (v.eval() if v is not None else None) for k, v in modules.items()}
         self.sessions = {}
         for name, (args, inputs, outputs) in examples.items():
             buffer = io.BytesIO()
@@ -411,6 +410,7 @@ class OnnxRunner:
                     dynamic_axes=axes, opset_version=17,
                 )
             self.sessions[name] = (ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), inputs)
+        network.eval()
 
     def __call__(self, name: str, *inputs):
         session, names = self.sessions[name]
