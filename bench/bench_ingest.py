@@ -8,7 +8,8 @@ Runs, in one go, each receiver in its own process and the sender in this one:
   (``event.encoded_dataset()``) to a file with fsync, TCP_NODELAY on its sockets;
 - ``node``: ``m2unet-node run`` (SCP, spool, database, assembler, and whatever pipeline and sender
   are installed, idle);
-- ``node-scp-nagle``: the node's SCP alone without TCP_NODELAY on accepted sockets (an ablation).
+- ``node-scp-untuned``: the node's SCP alone without its socket tuning (TCP_NODELAY, TCP_QUICKACK,
+  large reads: :mod:`dicom_node.socket_tuning`), i.e. pynetdicom's own socket handling (an ablation).
 
 The sender is pynetdicom streaming the files as stored (no decoding), with TCP_NODELAY. Then four
 senders (processes) send four different series to the node at once; every instance must be
@@ -107,7 +108,7 @@ def baseline_scp(port: int, folder: Path) -> None:
     )
 
 
-def node_scp_only(port: int, data_dir: Path, nodelay: bool) -> None:
+def node_scp_only(port: int, data_dir: Path, tuned: bool) -> None:
     from dicom_node.config import NodeConfig, NodeSettings
     from dicom_node.db import connect
     from dicom_node.receive import Receiver
@@ -123,7 +124,7 @@ def node_scp_only(port: int, data_dir: Path, nodelay: bool) -> None:
         node=NodeSettings(host="127.0.0.1", port=port, data_dir=data_dir, reject_unknown_sources=False)
     )
     conn = connect(data_dir)
-    scp = StorageSCP(lambda: config, Receiver(conn, Spool(data_dir), "1.2.3.4", "BENCH"), tcp_nodelay=nodelay)
+    scp = StorageSCP(lambda: config, Receiver(conn, Spool(data_dir), "1.2.3.4", "BENCH"), tune_sockets=tuned)
     scp.start()
     while True:
         time.sleep(1)
@@ -203,7 +204,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--baseline-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
-    ap.add_argument("--node-scp", nargs=3, metavar=("PORT", "DIR", "NODELAY"), help=argparse.SUPPRESS)
+    ap.add_argument("--node-scp", nargs=3, metavar=("PORT", "DIR", "TUNED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_scp:
         baseline_scp(int(args.baseline_scp[0]), Path(args.baseline_scp[1]))
@@ -230,8 +231,8 @@ def main() -> int:
         receivers = {
             "baseline": Receiver("baseline", [sys.executable, __file__, "--baseline-scp", str(p := _free_port()), str(tmp / "baseline")], p),
             "node": Receiver("node", None, node.port, node=node),
-            "node-scp-nagle": Receiver(
-                "node-scp-nagle", [sys.executable, __file__, "--node-scp", str(q := _free_port()), str(tmp / "nagle"), "0"], q
+            "node-scp-untuned": Receiver(
+                "node-scp-untuned", [sys.executable, __file__, "--node-scp", str(q := _free_port()), str(tmp / "untuned"), "0"], q
             ),
         }
         files = [str(f) for f in series[0]]

@@ -291,6 +291,12 @@ def series_instance_paths(conn: sqlite3.Connection, series_instance_uid: str) ->
     return [root / r["path"] for r in rows]
 
 
+def stored_paths(conn: sqlite3.Connection) -> set[str]:
+    """Every instance's spool path (relative to ``data_dir``), for start-up recovery."""
+    with _lock(conn):
+        return {row[0] for row in conn.execute("SELECT path FROM instances")}
+
+
 def series_instances(conn: sqlite3.Connection, series_instance_uid: str) -> list[InstanceRecord]:
     with _lock(conn):
         rows = conn.execute(

@@ -43,8 +43,7 @@ def _quarantine(data_dir: Path, path: Path) -> None:
 def reconcile_spool(conn: sqlite3.Connection, spool: Spool) -> int:
     """Record spool files the database does not know; returns how many were recorded."""
     data_dir = db.data_dir_of(conn)
-    with db._lock(conn):
-        known = {row[0] for row in conn.execute("SELECT path FROM instances")}
+    known = db.stored_paths(conn)
     recorded = 0
     for path in spool.root.rglob("*.dcm"):
         rel = path.relative_to(data_dir).as_posix()

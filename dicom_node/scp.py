@@ -10,14 +10,13 @@ Transfer syntaxes: implicit and explicit VR little endian, deflated explicit VR 
 JPEG baseline, extended and lossless (process 14 and SV1), JPEG-LS lossless and near-lossless,
 JPEG 2000 lossless and lossy, RLE lossless. Data sets are kept as they arrive.
 
-Each accepted socket gets TCP_NODELAY (without it Nagle's algorithm and delayed ACKs cost tens of
-milliseconds per PDU). Access control runs on each A-ASSOCIATE-RQ against the config of that
+Each accepted socket is tuned (:mod:`dicom_node.socket_tuning`: TCP_NODELAY, TCP_QUICKACK, large
+reads): without it Nagle's algorithm and delayed ACKs cost tens of milliseconds per PDU. Access control runs on each A-ASSOCIATE-RQ against the config of that
 moment (``config_provider()``), so a hot-reloaded ``[[sources]]`` applies at once.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 import threading
 import time
@@ -33,6 +32,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.db import RecordResult
 from dicom_node.frames import CT_STORAGE_CLASSES
 from dicom_node.receive import Receiver, StoreStatus
+from dicom_node.socket_tuning import tune_accepted_socket
 
 log = structlog.get_logger()
 
@@ -75,13 +75,13 @@ class StorageSCP:
         receiver: Receiver,
         on_instance: InstanceCallback | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        tcp_nodelay: bool = True,
+        tune_sockets: bool = True,
     ) -> None:
         self.config_provider = config_provider
         self.receiver = receiver
         self.on_instance = on_instance
         self.ssl_context = ssl_context
-        self.tcp_nodelay = tcp_nodelay
+        self.tune_sockets = tune_sockets
         config = config_provider()
         self.ae_title = config.node.ae_title
         self.host, self.port = config.node.host, config.node.port
@@ -123,6 +123,7 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_ended),  # a connection dropped without release or abort
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -147,12 +148,8 @@ class StorageSCP:
     # -- handlers: each does one thing and returns a status where DICOM wants one --
 
     def _on_conn_open(self, event) -> None:
-        if not self.tcp_nodelay:
-            return
-        try:
-            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
+        if self.tune_sockets:
+            tune_accepted_socket(event.assoc)
 
     def _on_requested(self, event) -> None:
         assoc = event.assoc
@@ -187,7 +184,7 @@ class StorageSCP:
         log.info(
             "association_ended",
             calling_ae=stats.calling_ae,
-            how="released" if event.event is evt.EVT_RELEASED else "aborted",
+            how={evt.EVT_RELEASED: "released", evt.EVT_ABORTED: "aborted"}.get(event.event, "closed"),
             stored=stats.stored,
             duplicates=stats.duplicates,
             failed=stats.failed,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.recipe import CPU_DEMO, Recipe
+from train.recipe import CPU_DEMO, CPU_DEMO_STAGE2, Recipe
 
 TRAIN_SEEDS_START = 0
 SELECTION_SEEDS_START = 500_000
@@ -119,11 +119,16 @@ def cmd_fit(args) -> int:
     out = Path(args.out)
     cases = load_cache(out, args.limit)
     changes = json.loads(args.changes) if args.changes else {}
-    recipe = demo_recipe(args.epochs, args.steps_per_epoch, **changes)
+    if args.stage == 2:
+        changes = {"init_from": str(out / "run" / "checkpoint.pt"), **changes}
+        recipe = CPU_DEMO_STAGE2.replace(**changes)
+    else:
+        recipe = demo_recipe(args.epochs, args.steps_per_epoch, **changes)
+    run_dir = out / ("run" if args.stage == 1 else "run-stage2")
     severe = sum(c.severe for c in cases)
     print(f"{len(cases)} cached phantoms ({severe} severe); recipe {recipe.preset}: "
           f"{recipe.epochs} x {recipe.steps_per_epoch} steps of {recipe.bag_size} patches", flush=True)
-    result = fit(recipe, cases, out / "run", device="cpu", progress=not args.no_progress, checkpoint_minutes=5)
+    result = fit(recipe, cases, run_dir, device="cpu", progress=not args.no_progress, checkpoint_minutes=5)
     info = {
         "training_data": training_data_description(cases),
         "cases": len(cases),
@@ -131,7 +136,9 @@ def cmd_fit(args) -> int:
         "steps": result.steps,
         "history": result.history,
     }
-    (out / "run" / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    if args.stage == 2 and (out / "run" / "run.json").exists():
+        info["stage1"] = json.loads((out / "run" / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     return 0
 
 
@@ -467,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=CPU_DEMO.steps_per_epoch)
     p.add_argument("--limit", type=int)
     p.add_argument("--changes", help="JSON object of recipe changes")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="2: continue from stage 1 (cpu-demo-stage2)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("measure", help="score the current run through the predictor")

@@ -157,6 +157,10 @@ def fit(
         selected_epoch, selected_score = state.get("selected_epoch"), state.get("selected_score")
         log.info("resumed", epoch=start_epoch, step=step)
 
+    elif recipe.init_from:
+        model.load_state_dict(initial_state(recipe.init_from))
+        log.info("initialised", source=str(recipe.init_from))
+
     net: torch.nn.Module = model
     if world.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -271,6 +275,26 @@ def fit(
         model.load_state_dict(torch.load(out_dir / SELECTED, map_location=device, weights_only=True))
     model.eval()
     return FitResult(model=model, history=history, selected_epoch=selected_epoch, steps=step, out_dir=out_dir)
+
+
+def initial_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict to start from: an m2unet weights file, a ``checkpoint.pt``, or a run folder
+    (its ``checkpoint.pt``)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ValueError(f"init_from {str(source)!r}: no weights file or checkpoint there")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(payload, dict) and payload.get("format") == "m2unet-weights":
+        from m2unet.weights import load_weights
+
+        return load_weights(path).model.state_dict()
+    if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
+        return payload["model"]
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    raise ValueError(f"init_from {str(source)!r}: not an m2unet weights file, checkpoint or state dict")
 
 
 def _selection_score(recipe: Recipe, scores: dict, record: dict) -> float | None:

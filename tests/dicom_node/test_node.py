@@ -49,7 +49,7 @@ def acknowledged(storescu_output: str) -> list[str]:
 
 
 def test_kill_9_mid_series_then_restart_keeps_every_acknowledged_instance(tmp_path):
-    files = write_ct_series(tmp_path / "series", phantom_hu(40, 16))
+    files = write_ct_series(tmp_path / "series", phantom_hu(80, 256))  # ~1 s of sending: time to kill mid-way
     uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
     node = NodeProcess({"sources": [{"ae_title": "SCANNER"}], "node": {"series_timeout": 1}}, tmp_path).start()
     cmd = ["storescu", "-v", "-nh", "-aet", "SCANNER", "-aec", "M2UNET", "127.0.0.1", str(node.port), *map(str, files)]
@@ -62,14 +62,14 @@ def test_kill_9_mid_series_then_restart_keeps_every_acknowledged_instance(tmp_pa
             conn.close()
             if stored >= 8:
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         node.kill()
         output, _ = sender.communicate(timeout=60)
     finally:
         if sender.poll() is None:
             sender.kill()
     acked = acknowledged(output)
-    assert 5 <= len(acked) < 40, output[-2000:]  # stored-but-unacknowledged ones may be in flight
+    assert 5 <= len(acked) < 80, output[-2000:]  # stored-but-unacknowledged ones may be in flight
 
     node.start()
     try:
@@ -85,8 +85,8 @@ def test_kill_9_mid_series_then_restart_keeps_every_acknowledged_instance(tmp_pa
             assert found[0].is_relative_to(path)
         assert not list((node.data_dir / "spool").rglob("*.part"))
         rest = storescu(node.port, files)  # the scanner sends the series again
-        assert rest.responses == ["Success"] * 40
+        assert rest.responses == ["Success"] * 80
         entry = node.wait_for_series(uid, PAST_COMPLETE)
-        assert entry["instances"] == 40
+        assert entry["instances"] == 80
     finally:
         assert node.stop() == 0
