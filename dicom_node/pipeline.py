@@ -49,7 +49,9 @@ STOP_TIMEOUT_SECONDS = 120.0
 
 
 def load_predictor(config):
-    """The predictor of ``[model]``; raises ``ValueError`` when the weights are unusable."""
+    """The predictor of ``[model]`` (``weights``, ``device``, and ``bags`` when the config has
+    that key; else the engine's default number of bags); raises ``ValueError`` when the weights
+    are unusable or lack the lobes or the severity."""
     from m2unet.predictor import Predictor
 
     bags = getattr(config.model, "bags", None)  # [model] bags, once the config has it

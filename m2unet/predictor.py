@@ -9,8 +9,9 @@
   (:mod:`m2unet.postprocess`: lobes only inside the lungs, no islands);
 * the **probability of severe**: the paper's test-time input, a bag of 200 patches of 128 x 128 from
   the body region (:func:`m2unet.preprocessing.sample_bag`), through the encoder and the two MIL
-  levels; ``bags`` bags are drawn from one generator seeded from the series and their probabilities
-  averaged; the call is "severe" when the mean reaches the weights' threshold.
+  levels. Bags are drawn from one generator seeded from the series: the first always, more (up to
+  ``bags``) only while the running mean lies within ``bag_margin`` of the threshold, where a second
+  opinion can change the call; the call is "severe" when the mean reaches the weights' threshold.
 
 How it is made fast on a CPU without changing the answer (figures in ``docs/engine-performance.md``):
 segmentation runs only on slices that hold lung (:mod:`m2unet.lungs`), each batch of consecutive
@@ -39,7 +40,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import structlog
@@ -70,7 +71,8 @@ log = structlog.get_logger(__name__)
 SEVERE = "severe"
 NON_SEVERE = "non-severe"
 MIN_SLICES = 2  # one slice is a localiser or a single image, not a volume to segment in 3D
-DEFAULT_BAGS = 3  # see docs/engine-performance.md, "Bags"
+DEFAULT_BAGS = 3  # at most; see docs/engine-performance.md, "Bags"
+DEFAULT_BAG_MARGIN = 0.05  # more bags only while |mean - threshold| < this
 RUNTIMES = ("auto", "torch", "onnxruntime")
 STAGES = ("preprocess", "lungs", "segmentation", "classification", "postprocess", "total")
 
@@ -81,15 +83,15 @@ class InferenceOptions:
     (within the Dice measured in ``docs/engine-performance.md``) and only changes the cost.
 
     ``crop_margin``: pixels of context kept around the lungs' in-plane bounding box (None: whole
-    slices); ``decoder_margin``: pixels around that box where the two finest decoding blocks run
-    (None: over the whole crop; see :func:`segment_region`); ``skip_empty_slices``: slices without lung are background without running the
+    slices); ``decoder_margin``: pixels around the lungs where the finest decoding block runs
+    (None: over the whole crop; see :func:`segment_region`; 3 is the least that keeps labels exact); ``skip_empty_slices``: slices without lung are background without running the
     network; ``batch_size``: slices per forward; ``fuse_batch_norm`` and ``channels_last``: the
     network's layout; ``patch_batch``: bag patches per encoder forward; ``runtime``: ``torch``,
     ``onnxruntime`` (CPU only) or ``auto`` (ONNX Runtime on the CPU when it is installed, else torch).
     """
 
     crop_margin: int | None = 96
-    decoder_margin: int | None = 8
+    decoder_margin: int | None = 4
     skip_empty_slices: bool = True
     batch_size: int = 2
     fuse_batch_norm: bool = True
@@ -121,11 +123,12 @@ class Prediction:
     """The engine's answer for one volume.
 
     ``lobe_map`` (uint8, z-y-x, the source grid, :class:`m2unet.labels.Lobe` labels, 0 elsewhere)
-    and ``class_map`` (uint8, the 7 decoder classes before the clean-up) are None for ``cls_only``
-    weights; ``probability_severe`` (mean over ``bags`` bags) and ``severity`` ("severe" |
+    and ``class_map`` (uint8, the 7 decoder classes after the same clean-up; the lobe map is its
+    :func:`~m2unet.labels.to_lobe_map`) are None for ``cls_only`` weights; ``raw_class_map`` is
+    the decoder's map before the clean-up, kept only when asked (``keep_raw``); ``probability_severe`` (mean over the ``bags`` bags drawn) and ``severity`` ("severe" |
     "non-severe", ``probability_severe >= threshold``) are None for ``seg_only`` weights.
-    ``bag_probabilities`` holds each bag's probability. ``timings``: seconds per stage
-    (:data:`STAGES`).
+    ``bag_probabilities`` holds each bag's probability, ``bags`` their number. ``timings``: seconds
+    per stage (:data:`STAGES`).
     """
 
     lobe_map: np.ndarray | None
@@ -193,26 +196,31 @@ Box = tuple[int, int, int, int]  # rows [y0, y1), columns [x0, x1)
 class Slab:
     """Slices segmented in one forward. ``outer``: the window the encoder sees, in the slice
     zero-padded to multiples of 16; its bounds are multiples of 16 (the pooling grid of the whole
-    slice) and ``y1``/``x1`` may pass the image's edge. ``inner``: the part of it (same
-    coordinates, multiples of 16, inside ``outer``) where the finest decoding blocks run and labels
-    are kept; it holds the lungs of these slices with a margin."""
+    slice) and ``y1``/``x1`` may pass the image's edge. ``inner``: one or two boxes (same
+    coordinates, even bounds, inside ``outer``) where the finest decoding block runs and labels are
+    kept: the lungs of these slices with a margin, split in two where the mediastinum leaves a wide
+    gap between the lungs."""
 
     z: tuple[int, ...]
     outer: Box
-    inner: Box
+    inner: tuple[Box, ...]
 
 
-def _aligned(lo: int, hi: int, margin: int, limit: int) -> tuple[int, int]:
+def _aligned(lo: int, hi: int, margin: int, limit: int, step: int = DOWNSAMPLING) -> tuple[int, int]:
     padded = -(-limit // DOWNSAMPLING) * DOWNSAMPLING
-    lo = max(0, (lo - margin) // DOWNSAMPLING * DOWNSAMPLING)
-    hi = min(padded, -(-(hi + margin) // DOWNSAMPLING) * DOWNSAMPLING)
+    lo = max(0, (lo - margin) // step * step)
+    hi = min(padded, -(-(hi + margin) // step) * step)
     return lo, hi
+
+
+def _clip(box: Box, outer: Box) -> Box:
+    return (max(box[0], outer[0]), min(box[1], outer[1]), max(box[2], outer[2]), min(box[3], outer[3]))
 
 
 def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: int = 0) -> list[Slab]:
     """Group the slices to segment into batches of consecutive slices with their windows.
 
-    ``extra_margin`` (pixels) widens the inner window beyond the lungs, for a clean-up that keeps
+    ``extra_margin`` (pixels) widens the inner boxes beyond the lungs, for a clean-up that keeps
     labels a little outside the lung mask."""
     depth, height, width = lung_mask.shape
     full = (0, -(-height // DOWNSAMPLING) * DOWNSAMPLING, 0, -(-width // DOWNSAMPLING) * DOWNSAMPLING)
@@ -227,7 +235,7 @@ def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: i
         lung = group[has_lung[group]]
         if len(lung) == 0:
             if options.crop_margin is None:
-                slabs.append(Slab(z, full, full))
+                slabs.append(Slab(z, full, (full,)))
             continue  # no lung here: nothing to keep
         ys = np.flatnonzero(rows[lung].any(axis=0))
         xs = np.flatnonzero(cols[lung].any(axis=0))
@@ -237,12 +245,21 @@ def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: i
         else:
             outer = (*_aligned(y_lo, y_hi, options.crop_margin, height), *_aligned(x_lo, x_hi, options.crop_margin, width))
         if options.decoder_margin is None:
-            inner = outer
+            slabs.append(Slab(z, outer, (outer,)))
+            continue
+        m = options.decoder_margin + extra_margin
+        gaps = np.diff(xs)
+        split = int(gaps.argmax()) if len(gaps) else -1
+        if split >= 0 and gaps[split] > 2 * m + 2 * DOWNSAMPLING:  # two lungs apart: two boxes
+            parts = [(x_lo, int(xs[split]) + 1), (int(xs[split + 1]), x_hi)]
         else:
-            m = options.decoder_margin + extra_margin
-            inner = (*_aligned(y_lo, y_hi, m, height), *_aligned(x_lo, x_hi, m, width))
-            inner = (max(inner[0], outer[0]), min(inner[1], outer[1]), max(inner[2], outer[2]), min(inner[3], outer[3]))
-        slabs.append(Slab(z, outer, inner))
+            parts = [(x_lo, x_hi)]
+        inner = []
+        for a, b in parts:
+            rows_here = np.flatnonzero(lung_mask[lung, :, a:b].any(axis=(0, 2)))
+            box = (*_aligned(int(rows_here[0]), int(rows_here[-1]) + 1, m, height, 2), *_aligned(a, b, m, width, 2))
+            inner.append(_clip(box, outer))
+        slabs.append(Slab(z, outer, tuple(inner)))
     return slabs
 
 
@@ -314,28 +331,32 @@ class Encoder(nn.Module):
         return self.network.encode(patches)[-1]
 
 
-def segment_region(run, images, inner: Box) -> np.ndarray:
+def segment_region(run, images, inner: Box | Sequence[Box]) -> np.ndarray | list[np.ndarray]:
     """Labels (uint8 ``[P, h, w]``) of ``images`` (``[P, 1, H, W]``, H and W multiples of 16) over
-    ``inner`` (multiples of 16, relative to the images); ``run(name, *inputs)`` runs the part
-    ``name`` ("trunk", "block3", "head") of the network.
+    ``inner`` (a box with even bounds relative to the images, or a list of boxes: a list of label
+    arrays); ``run(name, *inputs)`` runs the part ``name`` ("trunk", "block3", "head").
 
-    Equal to the argmax of ``network.segment(images)`` inside ``inner`` away from its edge: the
+    Equal to the argmax of ``network.segment(images)`` inside each box away from its edge: the
     encoder and the three coarsest decoding blocks run over the whole window (their receptive
-    field is wide), decoding block 3 over ``inner`` grown by 16 pixels, and decoding block 2 (full
-    resolution, the costliest) over ``inner`` only. The blocks' convolutions pad with zeros at the
-    edges of these regions, which changes the output within 3 pixels of an edge that is not the
-    window's; labels are kept only well inside."""
+    field is wide), decoding block 3 over the boxes' union grown by 16 pixels, and decoding
+    block 2 (full resolution, the costliest) over each box only. The blocks' convolutions pad with
+    zeros at the edges of these regions, which changes the output within 3 pixels of an edge that
+    is not the window's; labels are kept only well inside."""
+    boxes = [inner] if isinstance(inner[0], (int, np.integer)) else list(inner)
     height, width = images.shape[-2:]
     e1, e2, d4 = run("trunk", images)
-    y0, y1, x0, x1 = inner
-    middle = (max(y0 - 16, 0), min(y1 + 16, height), max(x0 - 16, 0), min(x1 + 16, width))
-    my0, my1, mx0, mx1 = (v // 2 for v in middle)  # 1/2 resolution
+    union = (min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes))
+    middle = (*_aligned(union[0], union[1], 16, height, 4), *_aligned(union[2], union[3], 16, width, 4))
+    my0, my1, mx0, mx1 = (v // 2 for v in middle)  # 1/2 resolution, even
     d3 = run("block3", _halo_part(d4, (my0 // 2, my1 // 2, mx0 // 2, mx1 // 2)), e2[..., my0:my1, mx0:mx1])
-    head_box = (y0 // 2 - my0, y1 // 2 - my0, x0 // 2 - mx0, x1 // 2 - mx0)
-    labels = run("head", _halo_part(d3, head_box), e1[..., y0:y1, x0:x1])
-    if isinstance(labels, torch.Tensor):
-        return labels.to(torch.uint8).cpu().numpy()
-    return labels.astype(np.uint8)
+    results = []
+    for y0, y1, x0, x1 in boxes:
+        head_box = (y0 // 2 - my0, y1 // 2 - my0, x0 // 2 - mx0, x1 // 2 - mx0)
+        labels = run("head", _halo_part(d3, head_box), e1[..., y0:y1, x0:x1])
+        if isinstance(labels, torch.Tensor):
+            labels = labels.to(torch.uint8).cpu().numpy()
+        results.append(labels.astype(np.uint8, copy=False))
+    return results[0] if isinstance(inner[0], (int, np.integer)) else results
 
 
 class TorchRunner:
@@ -455,11 +476,14 @@ class Predictor:
         device: str | torch.device = "auto",
         bags: int = DEFAULT_BAGS,
         options: InferenceOptions | None = None,
+        bag_margin: float | None = DEFAULT_BAG_MARGIN,
     ) -> None:
         if not isinstance(model, M2UNet):
             raise ValueError(f"model must be an M2UNet, got {type(model).__name__}")
         if isinstance(bags, bool) or not isinstance(bags, int) or not 1 <= bags <= 64:
             raise ValueError(f"bags must be an integer in 1..64, got {bags!r}")
+        if bag_margin is not None and (isinstance(bag_margin, bool) or not isinstance(bag_margin, (int, float)) or not 0 <= bag_margin <= 1):
+            raise ValueError(f"bag_margin must be None or a number in [0, 1], got {bag_margin!r}")
         if getattr(metadata, "variant", model.variant) != model.variant:
             raise ValueError(f"metadata variant {metadata.variant!r} does not match the model's {model.variant!r}")
         self.device = resolve_device(device)
@@ -468,6 +492,7 @@ class Predictor:
         self.metadata = metadata
         self.sha256 = sha256
         self.bags = bags
+        self.bag_margin = bag_margin
         self.variant = model.variant
         self.preprocessing: PreprocessingConfig = metadata.preprocessing_config
         self.threshold = float(metadata.threshold)
@@ -497,13 +522,16 @@ class Predictor:
         device: str | torch.device = "auto",
         bags: int = DEFAULT_BAGS,
         options: InferenceOptions | None = None,
+        bag_margin: float | None = DEFAULT_BAG_MARGIN,
     ) -> "Predictor":
-        """Load a weights file (None: the shipped weights) onto ``device``."""
+        """Load a weights file (None: the shipped weights) onto ``device``. ``bags``: at most this
+        many bags; ``bag_margin``: draw another only while the mean is this close to the threshold
+        (None: always draw ``bags``)."""
         from m2unet.weights import default_weights_path, load_weights
 
         resolved = resolve_device(device)  # refuse an absent CUDA before reading the file
         loaded = load_weights(Path(path) if path is not None else default_weights_path(), "cpu")
-        return cls(loaded.model, loaded.metadata, loaded.sha256, resolved, bags=bags, options=options)
+        return cls(loaded.model, loaded.metadata, loaded.sha256, resolved, bags=bags, options=options, bag_margin=bag_margin)
 
     @property
     def has_lobes(self) -> bool:
@@ -578,7 +606,7 @@ class Predictor:
             model_version=self.metadata.version,
             weights_sha256=self.sha256,
             device=str(self.device),
-            bags=self.bags,
+            bags=len(bag_probabilities),
             variant=self.variant,
             seed=seed,
             bag_probabilities=bag_probabilities,
@@ -623,41 +651,42 @@ class Predictor:
         for slab in plan_slabs(lung_mask, self.options):
             z = list(slab.z)
             if target is None:
-                labels, box = self._segment_native(hu, z, slab)
+                self._segment_native(hu, z, slab, class_map)
             else:
-                labels, box = self._segment_resampled(hu, z, slab, spacing_xy, target)
-            y0, y1, x0, x1 = box
-            class_map[z, y0:y1, x0:x1] = labels
+                labels, (y0, y1, x0, x1) = self._segment_resampled(hu, z, slab, spacing_xy, target)
+                class_map[z, y0:y1, x0:x1] = labels
         return class_map
 
-    def _segment_native(self, hu: np.ndarray, z: list[int], slab: Slab) -> tuple[np.ndarray, Box]:
+    def _segment_native(self, hu: np.ndarray, z: list[int], slab: Slab, class_map: np.ndarray) -> None:
         height, width = hu.shape[1:]
         oy0, oy1, ox0, ox1 = slab.outer
-        iy0, iy1, ix0, ix1 = slab.inner
         images = np.zeros((len(z), 1, oy1 - oy0, ox1 - ox0), dtype=np.float32)
         ey, ex = min(oy1, height), min(ox1, width)
         images[:, 0, : ey - oy0, : ex - ox0] = window(hu[z, oy0:ey, ox0:ex], self.preprocessing)
-        inner = (iy0 - oy0, iy1 - oy0, ix0 - ox0, ix1 - ox0)
-        ky, kx = min(iy1, height) - iy0, min(ix1, width) - ix0  # the part inside the image
-        labels = segment_region(self.runner, images, inner)
-        return labels[..., :ky, :kx], (iy0, iy0 + ky, ix0, ix0 + kx)
+        boxes = [(y0 - oy0, y1 - oy0, x0 - ox0, x1 - ox0) for y0, y1, x0, x1 in slab.inner]
+        for (y0, y1, x0, x1), labels in zip(slab.inner, segment_region(self.runner, images, boxes)):
+            ky, kx = min(y1, height) - y0, min(x1, width) - x0  # the part inside the image
+            class_map[z, y0 : y0 + ky, x0 : x0 + kx] = labels[..., :ky, :kx]
 
     def _segment_resampled(
         self, hu: np.ndarray, z: list[int], slab: Slab, spacing_xy: tuple[float, float], target: float
     ) -> tuple[np.ndarray, Box]:
-        """Weights trained at another pixel spacing: the window resampled in-plane, segmented whole,
-        the logits brought back to the source grid (bilinear) before the argmax."""
+        """Weights trained at another pixel spacing: whole slices resampled in-plane and segmented
+        whole (a crop's margin would have to be counted in resampled pixels, which at 2 mm spans
+        the slice anyway), the logits brought back to the source grid (bilinear) over the rows and
+        columns of the slab's inner boxes, then the argmax."""
         height, width = hu.shape[1:]
-        oy0, oy1, ox0, ox1 = slab.outer
-        ey, ex = min(oy1, height), min(ox1, width)
-        crop = (ey - oy0, ex - ox0)
-        images = self._resampled_images(window(hu[z, oy0:ey, ox0:ex], self.preprocessing), spacing_xy, target)
-        size = resampled_shape(crop, spacing_xy, target)
+        images = self._resampled_images(window(hu[z], self.preprocessing), spacing_xy, target)
+        size = resampled_shape((height, width), spacing_xy, target)
+        y0, y1 = min(b[0] for b in slab.inner), min(max(b[1] for b in slab.inner), height)
+        x0, x1 = min(b[2] for b in slab.inner), min(max(b[3] for b in slab.inner), width)
         with torch.inference_mode(), self.policy.autocast():
-            logits = self.network.segment(self._tensor(images))
-            logits = restore_in_plane_logits(logits[..., : size[0], : size[1]].float(), crop)
-            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
-        return labels, (oy0, ey, ox0, ex)
+            logits = self.network.segment(self._tensor(images))[..., : size[0], : size[1]].float()
+            labels = []
+            for k in range(len(z)):  # one slice at a time: 7 float channels of a whole slice each
+                restored = restore_in_plane_logits(logits[k : k + 1], (height, width))
+                labels.append(restored[0, :, y0:y1, x0:x1].argmax(dim=0).to(torch.uint8).cpu().numpy())
+        return np.stack(labels), (y0, y1, x0, x1)
 
     @staticmethod
     def _resampled_images(windowed: np.ndarray, spacing_xy: tuple[float, float], target: float) -> np.ndarray:
@@ -668,7 +697,8 @@ class Predictor:
         return images
 
     def classify(self, volume: Volume, box: BodyBox, seed: int) -> tuple[float, ...]:
-        """The probability of severe of each of ``bags`` bags drawn from ``default_rng(seed)``."""
+        """The probability of severe of each bag drawn from ``default_rng(seed)``: the first, then
+        more (up to ``bags``) while their mean is within ``bag_margin`` of the threshold."""
         rng = np.random.default_rng(seed)
         config = self.preprocessing
         source, bag_box, hu_input = volume.hu, box, True
@@ -677,6 +707,9 @@ class Predictor:
             hu_input = False
         probabilities = []
         for _ in range(self.bags):
+            if probabilities and self.bag_margin is not None:
+                if abs(float(np.mean(probabilities)) - self.threshold) >= self.bag_margin:
+                    break
             bag = sample_bag(source, bag_box, config, rng, hu=hu_input)
             patches = bag.patches
             embeddings = []

@@ -177,20 +177,6 @@ CPU_DEMO = Recipe(
     notes="reduced CPU preset for the shipped demo weights; synthetic phantoms only",
 )
 
-# Its second stage: the same recipe started from stage 1's weights with the MIL loss weighted as
-# much as the segmentation loss. Measured on this project's machine: after 300 steps of stage 1 the
-# lobes were well on their way but the MIL loss had not left ln 2 (the classifier had learnt
-# nothing: segmentation alone makes the encoder indifferent to the findings), so the encoder needs
-# a stronger push from the classification task once it knows the anatomy.
-CPU_DEMO_STAGE2 = CPU_DEMO.replace(
-    preset="cpu-demo-stage2",
-    mil_weight=1.0,
-    learning_rate=5e-4,
-    warmup_steps=0,
-    time_budget_minutes=20.0,
-    notes="second stage of the demo weights: from stage 1 (cpu-demo), MIL weighted as segmentation",
-)
-
 # The smallest thing that exercises every code path: for tests and smoke runs.
 SMOKE = Recipe(
     preset="smoke",
@@ -205,7 +191,7 @@ SMOKE = Recipe(
     notes="smoke run: a few steps on tiny phantoms, not a model",
 )
 
-PRESETS: dict[str, Recipe] = {"paper": PAPER, "cpu-demo": CPU_DEMO, "cpu-demo-stage2": CPU_DEMO_STAGE2, "smoke": SMOKE}
+PRESETS: dict[str, Recipe] = {"paper": PAPER, "cpu-demo": CPU_DEMO, "smoke": SMOKE}
 
 
 def preset(name: str) -> Recipe:

@@ -31,6 +31,7 @@ class Findings:
     model_name: str
     model_version: str
     weights_sha256: str
+    trained: bool = True  # False: random-init weights (tests, demos): the numbers mean nothing
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -70,6 +71,7 @@ def findings_from(prediction, quantification) -> Findings:
         model_name=str(prediction.model_name),
         model_version=str(prediction.model_version),
         weights_sha256=str(prediction.weights_sha256),
+        trained=bool(getattr(prediction, "trained", True)),
     )
 
 
@@ -95,5 +97,10 @@ def findings_dict(findings: Findings) -> dict:
             for f in findings.lobes
         },
         "total_score": findings.total_score,
-        "model": {"name": findings.model_name, "version": findings.model_version, "weights_sha256": findings.weights_sha256},
+        "model": {
+            "name": findings.model_name,
+            "version": findings.model_version,
+            "weights_sha256": findings.weights_sha256,
+            "trained": findings.trained,
+        },
     }

@@ -37,8 +37,8 @@ from dicom_node.results.uids import ResultIdentity, derived_uid
 from m2unet.labels import Lobe
 
 
-
 def algorithm_identification(findings: Findings) -> hd.AlgorithmIdentificationSequence:
+    """The model as the segmentation algorithm: name, version, family AI, weights' sha256."""
     return hd.AlgorithmIdentificationSequence(
         name=findings.model_name,
         family=codes.ARTIFICIAL_INTELLIGENCE,
@@ -63,6 +63,7 @@ def segment_descriptions(findings: Findings) -> list[hd.seg.SegmentDescription]:
             anatomic_regions=[codes.LUNG],
             display_color=hd.color.CIELabColor.from_rgb(*LOBE_RGB[lobe]),
         )
+        # laterality is a type modifier (CID 244); highdicom's constructor has no argument for it
         modifier = hd.sr.CodedConcept.from_code(laterality)
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
         descriptions.append(description)

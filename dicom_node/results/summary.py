@@ -50,8 +50,11 @@ def _panel(hu_slice: np.ndarray, lobe_slice: np.ndarray) -> Image.Image:
     return image.resize((PANEL, PANEL), Image.Resampling.BILINEAR)
 
 
-def render_summary(hu: np.ndarray, lobe_map: np.ndarray, findings: Findings) -> np.ndarray:
-    """The summary as an RGB array (rows, columns, 3) of uint8."""
+def render_summary(
+    hu: np.ndarray, lobe_map: np.ndarray, findings: Findings, slice_labels: list[str] | None = None
+) -> np.ndarray:
+    """The summary as an RGB array (rows, columns, 3) of uint8; ``slice_labels[z]`` names slice z
+    on its panel (default ``slice z+1``)."""
     if hu.shape != lobe_map.shape:
         raise ValueError(f"hu shape {hu.shape} differs from lobe_map shape {lobe_map.shape}")
     slices = key_slices(lobe_map)
@@ -63,7 +66,8 @@ def render_summary(hu: np.ndarray, lobe_map: np.ndarray, findings: Findings) -> 
     font = ImageFont.load_default(size=15)
     small = ImageFont.load_default(size=12)
     for i, z in enumerate(slices):
-        draw.text((i * PANEL + 4, 4), f"slice {z + 1}", fill=(255, 255, 255), font=small)
+        label = slice_labels[z] if slice_labels else f"slice {z + 1}"
+        draw.text((i * PANEL + 4, 4), label, fill=(255, 255, 255), font=small)
     y = PANEL + 8
     headline = f"Severity: {findings.severity}   P(severe) = {findings.probability_severe:.2f}   Total CT score {findings.total_score}/25"
     draw.text((8, y), headline, fill=(255, 255, 255), font=font)
@@ -90,7 +94,19 @@ def render_summary(hu: np.ndarray, lobe_map: np.ndarray, findings: Findings) -> 
         fill=(255, 200, 0),
         font=small,
     )
+    if not findings.trained:
+        draw.text((8, y + 18), "UNTRAINED WEIGHTS: these numbers are meaningless", fill=(255, 60, 60), font=font)
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def _slice_label(header) -> str:
+    """Instance number and slice position as a viewer shows them for the source image."""
+    number = header.get("InstanceNumber")
+    position = header.get("ImagePositionPatient")
+    parts = [f"image {number}" if number not in (None, "") else None]
+    if position is not None and len(position) == 3:
+        parts.append(f"z {float(position[2]):.1f} mm")
+    return ", ".join(p for p in parts if p)
 
 
 def build_summary(
@@ -100,7 +116,8 @@ def build_summary(
     findings: Findings,
     identity: ResultIdentity,
 ) -> hd.sc.SCImage:
-    pixels = render_summary(hu, lobe_map, findings)
+    labels = [_slice_label(header) for header in source.headers]
+    pixels = render_summary(hu, lobe_map, findings, labels)
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source.headers[0],
         pixel_array=pixels,

@@ -60,3 +60,16 @@ def test_summary_can_be_switched_off(case):
     )
     assert result_set.summary is None
     assert set(result_set.objects()) == {ResultKind.SEG, ResultKind.SR}
+
+
+def test_untrained_weights_are_flagged_on_the_image(case):
+    from dataclasses import replace
+
+    red = np.asarray((255, 60, 60), np.uint8)
+
+    def red_pixels(findings):
+        pixels = render_summary(case.reconstructed.volume.hu, case.lobe_map, findings)
+        return int((pixels[PANEL:] == red).all(axis=-1).sum())
+
+    assert red_pixels(case.findings) == 0
+    assert red_pixels(replace(case.findings, trained=False)) >= 10

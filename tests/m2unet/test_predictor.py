@@ -60,7 +60,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(weights) -> Predictor:
-    return Predictor.from_weights(weights[0], device="cpu", bags=2, options=TORCH)
+    return Predictor.from_weights(weights[0], device="cpu", bags=2, options=TORCH, bag_margin=None)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,22 @@ def test_threshold_comes_from_the_weights(tmp_path, volume):
     assert calls == {"low": SEVERE, "high": NON_SEVERE}
 
 
+def test_more_bags_only_near_the_threshold(tmp_path, volume):
+    path, sha = small_weights(tmp_path / "cls.pt", variant="cls_only")
+    loaded = load_weights(path)
+
+    def bags(margin):
+        predictor = Predictor(loaded.model, loaded.metadata, sha, "cpu", bags=3, options=TORCH, bag_margin=margin)
+        return predictor.predict(volume, seed=9).bag_probabilities
+
+    always, never = bags(1.0), bags(0.0)  # every mean is within 1.0 of the threshold, none within 0
+    assert len(always) == 3 and len(never) == 1
+    assert never[0] == always[0]  # the same first bag from the same seed
+    p = always[0]
+    near = bags(abs(p - 0.5) + 1e-3)  # the first bag is close enough to ask for a second
+    assert len(near) >= 2 and near[:2] == always[:2]
+
+
 def test_timings_and_provenance(prediction, weights):
     assert set(prediction.timings) == set(STAGES)
     assert all(isinstance(v, float) and v >= 0.0 for v in prediction.timings.values())
@@ -204,7 +220,7 @@ def test_onnxruntime_gives_the_torch_answer(weights, volume, prediction):
         with pytest.raises(ValueError, match="onnxruntime"):
             Predictor.from_weights(weights[0], device="cpu", options=onnx)
         return
-    predictor = Predictor.from_weights(weights[0], device="cpu", bags=2, options=onnx)
+    predictor = Predictor.from_weights(weights[0], device="cpu", bags=2, options=onnx, bag_margin=None)
     assert predictor.runner.name == "onnxruntime"
     result = predictor.predict(volume, seed=7, keep_raw=True)
     lungs = lung_mask(volume)
