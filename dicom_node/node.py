@@ -22,59 +22,16 @@ import structlog
 from dicom_node import db
 from dicom_node.assembler import Assembler
 from dicom_node.config import ConfigError, NodeConfig
+from dicom_node.live_config import LiveConfig
+from dicom_node.logs import configure_logging
+from dicom_node.pipeline import PipelineWorker
 from dicom_node.receive import Receiver
 from dicom_node.recovery import reconcile_spool
 from dicom_node.scp import StorageSCP
+from dicom_node.sender import Sender
 from dicom_node.spool import Spool
 
 log = structlog.get_logger()
-
-
-class _StaticConfig:
-    """Stands in for ``LiveConfig`` when hot reload is not available: the config read at start."""
-
-    def __init__(self, config: NodeConfig) -> None:
-        self.current = config
-        self.path = config.path
-
-    def reload(self) -> bool:
-        log.warning("config_reload_unavailable")
-        return False
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-def _load_live_config(config_path):
-    try:
-        from dicom_node.live_config import LiveConfig
-    except ImportError:
-        from dicom_node.config import load_config
-
-        return _StaticConfig(load_config(config_path))
-    return LiveConfig(config_path)
-
-
-def _configure_logging(fmt: str) -> None:
-    try:
-        from dicom_node.logs import configure_logging
-    except ImportError:
-        return
-    configure_logging(fmt)
-
-
-def _optional_worker(module: str, cls: str, live_config):
-    """The pipeline worker / sender of the results part (logged and skipped while it is absent)."""
-    try:
-        mod = __import__(f"dicom_node.{module}", fromlist=[cls])
-        factory = getattr(mod, cls)
-    except (ImportError, AttributeError) as exc:
-        log.warning("worker_unavailable", worker=f"{module}.{cls}", error=type(exc).__name__)
-        return None
-    return factory(live_config)
 
 
 def _implementation_uid() -> tuple[str, str]:
@@ -116,21 +73,24 @@ class Node:
             on_instance=self.assembler.instance_arrived,
             ssl_context=ssl_context,
         )
-        self.pipeline = _optional_worker("pipeline", "PipelineWorker", live_config)
-        self.sender = _optional_worker("sender", "Sender", live_config)
+        self.pipeline = PipelineWorker(live_config)
+        self.sender = Sender(live_config)
 
     def start(self) -> None:
         self.live_config.start()
         self.assembler.start()
-        for worker in (self.pipeline, self.sender):
-            if worker is not None:
-                worker.start()
+        self.pipeline.start()
+        self.sender.start()
         self.scp.start()
 
     def stop(self) -> None:
-        steps = [("scp", self.scp.stop), ("assembler", self.assembler.stop)]
-        steps += [(name, w.stop) for name, w in (("pipeline", self.pipeline), ("sender", self.sender)) if w is not None]
-        steps += [("live_config", self.live_config.stop)]
+        steps = [
+            ("scp", self.scp.stop),
+            ("assembler", self.assembler.stop),
+            ("pipeline", self.pipeline.stop),
+            ("sender", self.sender.stop),
+            ("live_config", self.live_config.stop),
+        ]
         for name, stop in steps:
             try:
                 stop()
@@ -142,12 +102,12 @@ class Node:
 def run_node(config_path) -> int:
     """Run in the foreground until SIGTERM/SIGINT; 0 on a clean stop, 2 on a bad config."""
     try:
-        live_config = _load_live_config(config_path)
+        live_config = LiveConfig(config_path)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     config: NodeConfig = live_config.current
-    _configure_logging(config.node.log_format)
+    configure_logging(config.node.log_format)
     try:
         node = Node(live_config)
     except (ValueError, OSError) as exc:

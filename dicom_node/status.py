@@ -16,17 +16,14 @@ from datetime import datetime, timezone
 
 from dicom_node import db
 from dicom_node.config import ConfigError, load_config
+from dicom_node.outbox import delivery_summary
 
 
 def _iso(ts: float) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds") if ts else None
 
 
-def _deliveries(conn: sqlite3.Connection) -> dict | None:
-    try:
-        from dicom_node.outbox import delivery_summary
-    except ImportError:
-        return None
+def _deliveries(conn: sqlite3.Connection) -> dict:
     try:
         return delivery_summary(conn)
     except sqlite3.Error as exc:
@@ -70,7 +67,7 @@ def format_status(status: dict) -> str:
             if s["reason"]:
                 lines.append(f"{'':<38} reason: {s['reason']}")
     d = status["deliveries"]
-    if d is not None:
+    if d:
         lines.append("")
         if "error" in d:
             lines.append(f"deliveries: unavailable ({d['error']})")
@@ -81,8 +78,14 @@ def format_status(status: dict) -> str:
             for item in d.get("items", []) or []:
                 err = f" ({item.get('last_error')})" if item.get("last_error") else ""
                 lines.append(
-                    f"  {item.get('destination', '?')}: {item.get('sop_instance_uid', '?')} attempts {item.get('attempts', 0)}{err}"
+                    f"  {item.get('state', 'pending'):<8} {item.get('destination', '?')}: "
+                    f"{item.get('sop_instance_uid', '?')} attempts {item.get('attempts', 0)}{err}"
                 )
+            kept = d.get("kept") or []
+            if kept:
+                lines.append(f"results kept on disk (no destination configured): {len(kept)} series")
+                for k in kept:
+                    lines.append(f"  {k.get('series_instance_uid', '?')} v{k.get('version', 1)}: {k.get('folder', '?')}")
     return "\n".join(lines)
 
 

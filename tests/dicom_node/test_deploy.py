@@ -18,6 +18,7 @@ import urllib.request
 import pytest
 
 from dicom_node.config_validation import validate_config
+from tests.support.dcmtk import tool
 from tests.support.paths import REPO
 
 DEPLOY = REPO / "deploy"
@@ -188,7 +189,7 @@ def test_orthanc_starts_on_the_compose_config(tmp_path):
         else:
             pytest.fail("Orthanc did not answer")
         assert modalities == ["m2unet"]
-        echo = subprocess.run(["echoscu", "-aec", config["DicomAet"], "127.0.0.1", str(dicom_port)], capture_output=True, timeout=30)
+        echo = subprocess.run([tool("echoscu"), "-aec", config["DicomAet"], "127.0.0.1", str(dicom_port)], capture_output=True, timeout=30)
         assert echo.returncode == 0
     finally:
         process.terminate()

@@ -10,7 +10,7 @@ import pytest
 
 from dicom_node import db
 from tests.support.ct_series import phantom_hu, write_ct_series
-from tests.support.dcmtk import have_dcmtk, storescu
+from tests.support.dcmtk import have_dcmtk, storescu, tool
 from tests.support.node_process import NodeProcess
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK not installed")
@@ -52,7 +52,7 @@ def test_kill_9_mid_series_then_restart_keeps_every_acknowledged_instance(tmp_pa
     files = write_ct_series(tmp_path / "series", phantom_hu(80, 256))  # ~1 s of sending: time to kill mid-way
     uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
     node = NodeProcess({"sources": [{"ae_title": "SCANNER"}], "node": {"series_timeout": 1}}, tmp_path).start()
-    cmd = ["storescu", "-v", "-nh", "-aet", "SCANNER", "-aec", "M2UNET", "127.0.0.1", str(node.port), *map(str, files)]
+    cmd = [tool("storescu"), "-v", "-nh", "-aet", "SCANNER", "-aec", "M2UNET", "127.0.0.1", str(node.port), *map(str, files)]
     sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30

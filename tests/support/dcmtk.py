@@ -15,8 +15,16 @@ from pathlib import Path
 RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
 
 
+def tool(name: str) -> str:
+    """The DCMTK program ``name``: Debian's, never pynetdicom's namesakes in the venv's bin."""
+    system = Path("/usr/bin") / name
+    if system.exists():
+        return str(system)
+    return shutil.which(name) or name
+
+
 def have_dcmtk() -> bool:
-    return all(shutil.which(tool) for tool in ("storescu", "echoscu", "dcmcjpeg", "dcmcjpls", "dcmcrle"))
+    return all(Path(tool(name)).exists() for name in ("storescu", "echoscu", "dcmcjpeg", "dcmcjpls", "dcmcrle"))
 
 
 @dataclass
@@ -49,7 +57,7 @@ def storescu(
     timeout: float = 120.0,
 ) -> StoreRun:
     """Send ``files`` in one association (proposing only what they need; going on after failures)."""
-    cmd = ["storescu", "-v", "-R", "-nh", "-aet", calling_ae, "-aec", called_ae, *(extra or []), host, str(port)]
+    cmd = [tool("storescu"), "-v", "-R", "-nh", "-aet", calling_ae, "-aec", called_ae, *(extra or []), host, str(port)]
     cmd += [str(f) for f in files]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     text = out.stdout + out.stderr
@@ -65,7 +73,7 @@ def echoscu(
     extra: list[str] | None = None,
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess:
-    cmd = ["echoscu", "-v", "-aet", calling_ae, "-aec", called_ae, *(extra or []), host, str(port)]
+    cmd = [tool("echoscu"), "-v", "-aet", calling_ae, "-aec", called_ae, *(extra or []), host, str(port)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
