@@ -147,7 +147,7 @@ def connect(data_dir: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.recovery: the spool is the truth
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    with _lock(conn):
+    with locked(conn):
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
     return conn
 
@@ -160,13 +160,15 @@ def data_dir_of(conn: sqlite3.Connection) -> Path:
     raise ValueError("connection has no main database file")
 
 
-def _lock(conn: sqlite3.Connection):
+def locked(conn: sqlite3.Connection):
+    """The connection's lock (connections from :func:`connect` are shared between threads)."""
     return getattr(conn, "lock", None) or contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    with _lock(conn):
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error) under the lock."""
+    with locked(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -192,14 +194,14 @@ def _series_from_row(row) -> SeriesRecord:
 
 
 def get_series(conn: sqlite3.Connection, series_instance_uid: str) -> SeriesRecord | None:
-    with _lock(conn):
+    with locked(conn):
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (series_instance_uid,)).fetchone()
     return _series_from_row(row) if row else None
 
 
 def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None) -> list[SeriesRecord]:
     """Every series (or those in ``states``), oldest first."""
-    with _lock(conn):
+    with locked(conn):
         if states:
             marks = ",".join("?" * len(states))
             rows = conn.execute(
@@ -212,7 +214,7 @@ def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None)
 
 def stored_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> tuple[str, str] | None:
     """(digest, path relative to data_dir) of a stored SOP Instance UID, else None."""
-    with _lock(conn):
+    with locked(conn):
         row = conn.execute("SELECT digest, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
     return (row["digest"], row["path"]) if row else None
 
@@ -226,7 +228,7 @@ def _count(conn: sqlite3.Connection, series_instance_uid: str) -> int:
 def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | None = None) -> RecordResult:
     """Record an instance whose file is already durable in the spool (see the module's rule)."""
     now = time.time() if now is None else now
-    with _write(conn):
+    with write_transaction(conn):
         old = conn.execute("SELECT * FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)).fetchone()
         if old is not None and old["digest"] == rec.digest and old["path"] == rec.path:
             row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (old["series_instance_uid"],)).fetchone()
@@ -284,7 +286,7 @@ def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | 
 def series_instance_paths(conn: sqlite3.Connection, series_instance_uid: str) -> list[Path]:
     """The spool files of a series' instances (absolute paths; order is not meaningful)."""
     root = data_dir_of(conn)
-    with _lock(conn):
+    with locked(conn):
         rows = conn.execute(
             "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY sop_instance_uid", (series_instance_uid,)
         ).fetchall()
@@ -293,12 +295,12 @@ def series_instance_paths(conn: sqlite3.Connection, series_instance_uid: str) ->
 
 def stored_paths(conn: sqlite3.Connection) -> set[str]:
     """Every instance's spool path (relative to ``data_dir``), for start-up recovery."""
-    with _lock(conn):
+    with locked(conn):
         return {row[0] for row in conn.execute("SELECT path FROM instances")}
 
 
 def series_instances(conn: sqlite3.Connection, series_instance_uid: str) -> list[InstanceRecord]:
-    with _lock(conn):
+    with locked(conn):
         rows = conn.execute(
             "SELECT * FROM instances WHERE series_instance_uid = ? ORDER BY sop_instance_uid", (series_instance_uid,)
         ).fetchall()
@@ -326,7 +328,7 @@ def complete_series(
     Returns False (and changes nothing) when an instance arrived meanwhile (the version moved on).
     """
     state = SeriesState(state).value
-    with _write(conn):
+    with write_transaction(conn):
         cur = conn.execute(
             "UPDATE series SET state = ?, reason = ?, updated_at = ?"
             " WHERE series_instance_uid = ? AND version = ? AND state IN (?, ?)",
@@ -345,7 +347,7 @@ def complete_series(
 
 def claim_queued_series(conn: sqlite3.Connection) -> SeriesRecord | None:
     """Atomically move the oldest ``queued`` series to ``running`` and return it (None: none queued)."""
-    with _write(conn):
+    with write_transaction(conn):
         row = conn.execute(
             "SELECT * FROM series WHERE state = ? ORDER BY updated_at, first_received LIMIT 1",
             (SeriesState.QUEUED.value,),
@@ -384,7 +386,7 @@ def set_series_state(
     if guarded:
         sql += " AND state != ?"
         args.append(SeriesState.RECEIVING.value)
-    with _write(conn):
+    with write_transaction(conn):
         return conn.execute(sql, args).rowcount == 1
 
 
@@ -395,7 +397,7 @@ def requeue_running(conn: sqlite3.Connection) -> int:
     moved back to ``receiving`` so the assembler decides again. Returns how many series were moved.
     """
     now = time.time()
-    with _write(conn):
+    with write_transaction(conn):
         n = conn.execute(
             "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
             (SeriesState.QUEUED.value, now, SeriesState.RUNNING.value),
@@ -408,7 +410,7 @@ def requeue_running(conn: sqlite3.Connection) -> int:
 
 
 def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    with _lock(conn):
+    with locked(conn):
         rows = conn.execute("SELECT state, COUNT(*) AS n FROM series GROUP BY state").fetchall()
     counts = {s.value: 0 for s in SeriesState}
     counts.update({r["state"]: r["n"] for r in rows})

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.db import data_dir_of
+from dicom_node.db import data_dir_of, locked, write_transaction
 
 OUTBOX_DIR = "outbox"
 
@@ -94,24 +94,9 @@ class OutboxItem:
     last_error: str | None
 
 
-def _lock(conn: sqlite3.Connection):
-    return getattr(conn, "lock", None) or contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection):
-    with _lock(conn):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    with _lock(conn):
+    with locked(conn):
         conn.executescript(SCHEMA)
 
 
@@ -153,7 +138,7 @@ def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations:
     ensure_schema(conn)
     now = time.time() if now is None else now
     data_dir = data_dir_of(conn)
-    with _lock(conn):
+    with locked(conn):
         marks = ",".join("?" * len(objects))
         known = {
             (r["destination"], r["sop_instance_uid"])
@@ -168,7 +153,7 @@ def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations:
     # the file first, then the rows: a crash in between leaves a stray file, never a row without one
     files = {obj.sop_instance_uid: _outbox_file(data_dir, obj) for obj in objects if wanted[obj.sop_instance_uid]}
     added = 0
-    with _write(conn):
+    with write_transaction(conn):
         for obj in objects:
             if not wanted[obj.sop_instance_uid]:
                 continue
@@ -214,7 +199,7 @@ def due_items(conn: sqlite3.Connection, destination: str, now: float | None = No
     ensure_schema(conn)
     now = time.time() if now is None else now
     data_dir = data_dir_of(conn)
-    with _lock(conn):
+    with locked(conn):
         rows = conn.execute(
             "SELECT * FROM outbox WHERE state = ? AND destination = ? AND next_attempt <= ? ORDER BY id LIMIT ?",
             (PENDING, destination, now, limit),
@@ -228,7 +213,7 @@ def next_due(conn: sqlite3.Connection, destinations: list[str]) -> float | None:
         return None
     ensure_schema(conn)
     marks = ",".join("?" * len(destinations))
-    with _lock(conn):
+    with locked(conn):
         row = conn.execute(
             f"SELECT MIN(next_attempt) FROM outbox WHERE state = ? AND destination IN ({marks})",
             (PENDING, *destinations),
@@ -238,7 +223,7 @@ def next_due(conn: sqlite3.Connection, destinations: list[str]) -> float | None:
 
 def mark_delivered(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    with _write(conn):
+    with write_transaction(conn):
         conn.execute(
             "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = NULL, delivered_at = ? WHERE id = ?",
             (DELIVERED, now, item_id),
@@ -251,7 +236,7 @@ def mark_retry(
 ) -> float:
     """Count a failed attempt and schedule the next one; returns the delay chosen."""
     now = time.time() if now is None else now
-    with _write(conn):
+    with write_transaction(conn):
         attempts = conn.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()[0] + 1
         delay = backoff_delay(attempts, initial, cap)
         conn.execute(
@@ -262,7 +247,7 @@ def mark_retry(
 
 
 def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
-    with _write(conn):
+    with write_transaction(conn):
         conn.execute(
             "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
             (FAILED, reason, item_id),
@@ -273,7 +258,7 @@ def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
 def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:
     """Remove the outbox file once no destination still has it pending (the result folder keeps
     the original)."""
-    with _lock(conn):
+    with locked(conn):
         row = conn.execute("SELECT path FROM outbox WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             return
@@ -298,7 +283,7 @@ def delivery_summary(conn: sqlite3.Connection) -> dict:
     from dicom_node.results.records import kept_results, results_dir
 
     ensure_schema(conn)
-    with _lock(conn):
+    with locked(conn):
         counts = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         rows = conn.execute(
             "SELECT destination, sop_instance_uid, state, attempts, last_error, next_attempt FROM outbox"

@@ -12,14 +12,13 @@ identical objects.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.db import data_dir_of
+from dicom_node.db import data_dir_of, locked
 
 RESULTS_DIR = "results"
 
@@ -48,12 +47,8 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-def _lock(conn: sqlite3.Connection):
-    return getattr(conn, "lock", None) or contextlib.nullcontext()
-
-
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    with _lock(conn):
+    with locked(conn):
         conn.executescript(SCHEMA)
 
 
@@ -72,7 +67,7 @@ def result_folder(data_dir: Path, study_instance_uid: str, series_instance_uid: 
 def start_job(conn: sqlite3.Connection, series_instance_uid: str, version: int) -> datetime:
     """Count an attempt of this series version; return when its first attempt started."""
     ensure_schema(conn)
-    with _lock(conn):
+    with locked(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -111,7 +106,7 @@ def record_result(
 ) -> None:
     ensure_schema(conn)
     relative = Path(folder).relative_to(data_dir_of(conn)).as_posix()
-    with _lock(conn):
+    with locked(conn):
         conn.execute(
             "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -134,7 +129,7 @@ def kept_results(conn: sqlite3.Connection) -> list[dict]:
     """Result sets produced while no destination was configured (they stay in their folder)."""
     ensure_schema(conn)
     data_dir = data_dir_of(conn)
-    with _lock(conn):
+    with locked(conn):
         rows = conn.execute(
             "SELECT study_instance_uid, series_instance_uid, version, folder FROM results"
             " WHERE destinations = 0 ORDER BY created_at"
