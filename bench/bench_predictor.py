@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="in-plane size (rows = columns)")
     parser.add_argument("--weights", type=Path, help="weights file (default: random weights, untrained)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--bags", type=int, default=None, help="bags averaged (default: the predictor's)")
+    parser.add_argument("--bags", type=int, default=None, help="at most this many bags (default: the predictor's)")
+    parser.add_argument("--all-bags", action="store_true", help="always draw --bags bags (no bag_margin)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic study")
     parser.add_argument("--reference-slices", type=int, default=8,
                         help="slices timed with the plain reference and compared (0: skip; -1: every slice)")
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--crop-margin", type=int, default=None, help="-1: whole slices")
+    parser.add_argument("--decoder-margin", type=int, default=None, help="-1: decoder over the whole crop")
     parser.add_argument("--no-skip", action="store_true", help="segment slices without lung too")
     parser.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")
     parser.add_argument("--no-channels-last", action="store_true")
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = InferenceOptions.for_device(device)
     options = InferenceOptions(
         crop_margin=defaults.crop_margin if args.crop_margin is None else (None if args.crop_margin < 0 else args.crop_margin),
+        decoder_margin=defaults.decoder_margin if args.decoder_margin is None else (None if args.decoder_margin < 0 else args.decoder_margin),
         skip_empty_slices=not args.no_skip,
         batch_size=args.batch_size or defaults.batch_size,
         fuse_batch_norm=not args.no_fuse,
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         weights = args.weights or random_weights(Path(tmp) / "random.pt", seed=0)
         loaded = load_weights(weights, "cpu")
     kwargs = {} if args.bags is None else {"bags": args.bags}
+    if args.all_bags:
+        kwargs["bag_margin"] = None
     predictor = Predictor(loaded.model, loaded.metadata, loaded.sha256, device, options=options, **kwargs)
 
     t0 = time.perf_counter()

@@ -171,9 +171,12 @@ def test_fast_path_matches_the_plain_forward_inside_the_lungs(weights, volume, p
     )
     reference = Predictor.from_weights(weights[0], device="cpu", bags=2, options=plain)
     lungs = lung_mask(volume)
-    ref = reference.segment(volume, lungs)
-    fast = prediction.raw_class_map
-    assert (fast[lungs] == ref[lungs]).mean() > 0.999
+    slices = np.flatnonzero(lungs.any(axis=(1, 2)))[::2]  # every other slice with lung keeps it short
+    part = Volume(hu=volume.hu[slices], spacing=volume.spacing)
+    ref = reference.segment(part, lungs[slices])
+    fast = prediction.raw_class_map[slices]
+    inside = lungs[slices]
+    assert (fast[inside] == ref[inside]).mean() > 0.999
 
 
 def test_int16_and_float_volumes_give_the_same_answer(predictor, volume, prediction):
