@@ -14,7 +14,8 @@ label is then scored on the rendered masks, so the rule holds exactly.
 Attenuation: ground-glass from about -690 HU at its margin to -520..-400 HU next to consolidation,
 consolidation -60..+35 HU, both inside the opacity band the engine measures
 (:class:`m2unet.quantify.OpacityBand`, [-700, +100) HU), so the node's measurement and the
-phantom's truth differ only by noise, vessels and partial volume.
+phantom's truth differ only by noise, partial volume, the smoothing of lesion edges by the
+vessel-excluding opening and the wider central vessels it keeps.
 """
 
 from __future__ import annotations
