@@ -65,6 +65,11 @@ def _algorithm(findings: Findings) -> hd.sr.AlgorithmIdentification:
     )
 
 
+def _measurement(name, value, unit, algorithm) -> hd.sr.Measurement:
+    """One numeric measurement of the node's algorithm."""
+    return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
+
+
 def severity_group(findings: Findings, seg: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     algorithm = _algorithm(findings)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -75,18 +80,8 @@ def severity_group(findings: Findings, seg: Dataset) -> hd.sr.MeasurementsAndQua
             hd.sr.QualitativeEvaluation(codes.SEVERITY, codes.SEVERITY_VALUES[findings.severity]),
         ],
         measurements=[
-            hd.sr.Measurement(
-                name=codes.PROBABILITY,
-                value=round(findings.probability_severe, 6),
-                unit=codes.NO_UNITS,
-                algorithm_id=algorithm,
-            ),
-            hd.sr.Measurement(
-                name=codes.TOTAL_CT_SEVERITY_SCORE,
-                value=int(findings.total_score),
-                unit=codes.NO_UNITS,
-                algorithm_id=algorithm,
-            ),
+            _measurement(codes.PROBABILITY, round(findings.probability_severe, 6), codes.NO_UNITS, algorithm),
+            _measurement(codes.TOTAL_CT_SEVERITY_SCORE, int(findings.total_score), codes.NO_UNITS, algorithm),
         ],
     )
 
@@ -110,24 +105,9 @@ def lobe_group(
         finding_sites=[site],
         algorithm_id=algorithm,
         measurements=[
-            hd.sr.Measurement(
-                name=codes.VOLUME,
-                value=round(finding.volume_ml, 3),
-                unit=codes.MILLILITER,
-                algorithm_id=algorithm,
-            ),
-            hd.sr.Measurement(
-                name=codes.OPACITY_PERCENTAGE,
-                value=round(finding.opacity_percent, 3),
-                unit=codes.PERCENT,
-                algorithm_id=algorithm,
-            ),
-            hd.sr.Measurement(
-                name=codes.CT_SEVERITY_SCORE,
-                value=int(finding.severity_score),
-                unit=codes.NO_UNITS,
-                algorithm_id=algorithm,
-            ),
+            _measurement(codes.VOLUME, round(finding.volume_ml, 3), codes.MILLILITER, algorithm),
+            _measurement(codes.OPACITY_PERCENTAGE, round(finding.opacity_percent, 3), codes.PERCENT, algorithm),
+            _measurement(codes.CT_SEVERITY_SCORE, int(finding.severity_score), codes.NO_UNITS, algorithm),
         ],
     )
 
