@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from m2unet.model import M2UNet
 from m2unet.preprocessing import PreprocessingConfig
+from train.augment import random_affine
 from train.distributed import SINGLE, DistributedContext, all_reduce_max, all_reduce_mean, barrier
 from train.objective import loss_figures, objective
 from train.prepared import PreparedCase
@@ -115,8 +116,12 @@ def fit(
     progress: bool = True,
     checkpoint_minutes: float | None = None,
     validate: Callable[[M2UNet, list[PreparedCase], Recipe], dict] | None = None,
+    on_epoch_end: Callable[[M2UNet, dict], None] | None = None,
 ) -> FitResult:
-    """Train on ``cases`` following ``recipe``; resumes from ``out_dir/checkpoint.pt`` if present."""
+    """Train on ``cases`` following ``recipe``; resumes from ``out_dir/checkpoint.pt`` if present.
+    ``on_epoch_end(model, record)`` is called on the main process after each epoch's record (and
+    checkpoint); the epoch order is drawn from ``cases`` at each epoch's start, so cases it appends
+    to that list take part from the next epoch on."""
     if not cases:
         raise ValueError("no training cases: the dataset is empty")
     device = torch.device(device)
@@ -166,6 +171,7 @@ def fit(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     config = preprocessing_config(recipe)
+    augment = torch.Generator().manual_seed(recipe.seed * 1000 + world.rank)
     bar = None
     if progress and world.is_main:
         from tqdm import tqdm
@@ -225,6 +231,8 @@ def fit(
                 images, severity, targets, has_mask = collate(bags)
                 images, severity, has_mask = images.to(device), severity.to(device), has_mask.to(device)
                 targets = targets.to(device) if targets is not None else None
+                images, targets = random_affine(images, targets, scale_jitter=recipe.scale_jitter,
+                                                rotation_jitter_deg=recipe.rotation_jitter_deg, generator=augment)
                 lr = poly_learning_rate(recipe, round(done_fraction * total_steps), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -267,6 +275,8 @@ def fit(
             if out_of_time or (epoch + 1) % recipe.checkpoint_every == 0 or epoch + 1 == recipe.epochs:
                 save_checkpoint(recipe.epochs if out_of_time else epoch + 1)
                 last_checkpoint = time.monotonic()
+            if on_epoch_end is not None and world.is_main:
+                on_epoch_end(model, record)
     finally:
         if bar is not None:
             bar.close()
