@@ -1,4 +1,8 @@
-"""The shipped demo weights: how they are trained on one CPU core, measured and exported.
+"""The shipped demo weights: how they are trained on a CPU core, measured and exported.
+
+The shipped 0.2.0 weights were trained on a lent GPU instead (:mod:`train.demo_device`, whose
+snapshots unpack into run folders that ``measure --run`` and ``ship --run`` take; see
+``docs/demo-weights.md``). The CPU route, for a machine without one:
 
     python -m train.demo cache   --out out/demo-train --first 0 --count 80   # phantoms -> .npz
     python -m train.demo holdout --out out/demo-train --selection 10 --test 20
@@ -296,6 +300,7 @@ def lobe_anatomy(lobe_map: np.ndarray, volume) -> dict:
 
 
 def measure_real_ct(predictor, out: Path, folder: Path = REAL_CT) -> dict:
+    from m2unet.labels import Lobe
     from m2unet.lungs import lung_mask
     from m2unet.preprocessing import series_seed
     from train.dicom_series import read_dicom_series
@@ -303,6 +308,7 @@ def measure_real_ct(predictor, out: Path, folder: Path = REAL_CT) -> dict:
 
     series = read_dicom_series(folder)
     volume = series.volume
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     started = time.monotonic()
     prediction = predictor.predict(volume, seed=series_seed(series.series_instance_uid), keep_raw=True)
     seconds = time.monotonic() - started
@@ -316,6 +322,8 @@ def measure_real_ct(predictor, out: Path, folder: Path = REAL_CT) -> dict:
         # the network's own foreground before the predictor's clean-up (which keeps lobes inside the lung mask)
         "network_union_dice_vs_hu_lung_mask": round(dice(prediction.raw_class_map > 0, lungs), 4),
         "lobe_voxels": {str(k): int((prediction.lobe_map == k).sum()) for k in range(1, 6)},
+        "lobe_volumes_ml": {lobe.name.lower(): round(float((prediction.lobe_map == int(lobe)).sum()) * voxel_ml, 1)
+                            for lobe in Lobe},
         "probability_severe": round(float(prediction.probability_severe), 4),
         "severity": prediction.severity,
         "seconds": round(seconds, 1),
@@ -418,7 +426,7 @@ def summarize_measurements(files: list[Path]) -> dict:
                                         round(threshold, 4), **metrics}
     if real is not None:
         summary["real_ct"] = {k: real.get(k) for k in ("series", "shape", "spacing", "lobe_union_dice_vs_hu_lung_mask",
-                                                   "network_union_dice_vs_hu_lung_mask",
+                                                   "network_union_dice_vs_hu_lung_mask", "lobe_volumes_ml",
                                                    "checks", "all_pass", "probability_severe", "severity", "seconds",
                                                    "centroids_lps_mm", "overlay_png")}
     summary["threshold"] = threshold
@@ -434,20 +442,39 @@ def _verdict(value, target: float) -> str:
     return f"{value:.3f} ({'meets' if value >= target else 'below'} the target of {target})"
 
 
-def plain_summary(out: Path, summary: dict) -> str:
-    """A paragraph that says what the weights are and how they measured against their targets."""
-    run = json.loads((out / "run-head" / "run.json").read_text()) if (out / "run-head" / "run.json").exists() else {}
+def training_story(run_dir: Path) -> str:
+    """What the run in ``run_dir`` did, in a sentence or two, from its ``run.json`` and recipe."""
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    recipe = Recipe.load(run_dir / "recipe.json")
     history = run.get("history", [])
-    minutes = sum(h.get("seconds", 0.0) for h in history) / 60.0
-    recipe = CPU_DEMO
-    late = next((h for h in history if h.get("mil", 1.0) < 0.6), None)
-    mil_story = (
-        "In that joint run the MIL loss stayed at chance (ln 2) for its first "
-        f"{late['step'] - 100 if late else run.get('steps', '?')} steps - with one bag per step, batch norm normalises "
-        "over the patches of a single case and so hides what differs between cases - "
-        + (f"and fell only from about step {late['step']} on (to {history[-1].get('mil', float('nan')):.2f})."
-           if late else "and never fell.")
+    minutes = run.get("minutes") or sum(h.get("seconds", 0.0) for h in history) / 60.0
+    where = run.get("device") or "one shared CPU core"
+    augmentation = []
+    if recipe.intensity_jitter_hu:
+        augmentation.append(f"intensity jitter of {recipe.intensity_jitter_hu:g} HU")
+    if recipe.scale_jitter:
+        augmentation.append(f"zoom of +/-{100 * recipe.scale_jitter:g} %")
+    if recipe.rotation_jitter_deg:
+        augmentation.append(f"rotation of +/-{recipe.rotation_jitter_deg:g} degrees")
+    story = (
+        f"Trained for {minutes:.0f} minutes on {where} ({run.get('steps', '?')} steps of {recipe.bags_per_step} "
+        f"bag{'s' if recipe.bags_per_step > 1 else ''} of {recipe.bag_size} patches of {recipe.patch_size} x "
+        f"{recipe.patch_size} pixels at {recipe.in_plane_spacing_mm} mm, preset `{recipe.preset}`, {recipe.optimizer} "
+        f"from a learning rate of {recipe.learning_rate:g} with poly decay over the time budget, segmentation and "
+        "classification together"
+        + (f"; {', '.join(augmentation)}" if augmentation else "")
+        + f") on {run.get('cases', '?')} synthetic phantoms only - a small fraction of the paper's 100 epochs over 666 "
+        "real scans."
     )
+    if "stage2_classifier_head" in recipe.extra:
+        head = recipe.extra["stage2_classifier_head"]
+        story += (f" Then the classification sub-network was trained alone on the frozen encoder's features "
+                  f"({head['steps']} steps of {head['bags_per_step']} bags, half severe; train.head).")
+    return story
+
+
+def plain_summary(run_dir: Path, summary: dict) -> str:
+    """A paragraph that says what the weights are and how they measured against their targets."""
     held = summary.get("held_out_phantoms", {})
     real = summary.get("real_ct", {})
     checks = real.get("checks", {})
@@ -455,23 +482,23 @@ def plain_summary(out: Path, summary: dict) -> str:
     anatomy = ("all anatomical checks pass (right lobes on the patient's right, upper lobes above lower, middle lobe "
                "anterior)" if checks and not failed else
                ("anatomical checks failed: " + ", ".join(failed) if failed else "anatomical checks not measured"))
+    volumes = real.get("lobe_volumes_ml") or {}
+    volume_text = ""
+    if volumes:
+        listed = ", ".join(f"{name.replace('_', ' ')} {ml:.0f} mL" for name, ml in volumes.items())
+        volume_text = (f" The lobe volumes there ({listed}) are not a real chest's: the lobes' order is right but "
+                       "their borders follow the synthetic anatomy, so lobe-wise figures on real CT mean little.")
     return (
-        f"Demo weights, so that the node runs end to end without patient data. Trained for {minutes:.0f} minutes on "
-        f"one shared CPU core ({run.get('steps', '?')} steps of one bag of {recipe.bag_size} patches of "
-        f"{recipe.patch_size} x {recipe.patch_size} pixels at {recipe.in_plane_spacing_mm} mm, preset "
-        f"`{recipe.preset}`, segmentation and classification together) on {run.get('cases', '?')} synthetic "
-        f"phantoms only - a tiny fraction of the paper's 100 epochs over 666 real scans. {mil_story} Then the "
-        f"classification sub-network was trained alone on the frozen encoder's features ({HEAD_SETTINGS['steps']} steps of {HEAD_SETTINGS['bags_per_step']} bags, half severe; "
-        f"train.head; batches of bags of both labels; the lobes are untouched by this stage). Measured on {held.get('cases', 0)} held-out phantoms: AUC "
-        f"{_verdict(held.get('auc'), 0.95)}, mean lobe DSC {_verdict(held.get('dsc'), 0.9)}. On the one real series "
-        f"available: union of the five lobes against the HU lung mask, Dice "
-        f"{_verdict(real.get('lobe_union_dice_vs_hu_lung_mask'), 0.85)} after the predictor's clean-up (which keeps "
-        f"lobes inside that mask), {_verdict(real.get('network_union_dice_vs_hu_lung_mask'), 0.85)} for the network's "
-        f"own foreground; {anatomy}. The severity output on real CT "
-        "means nothing: the classifier has only seen synthetic findings. Train and validate on local data before "
-        "drawing any conclusion from either output."
+        "Demo weights, so that the node runs end to end without patient data. "
+        + training_story(run_dir)
+        + f" Measured on {held.get('cases', 0)} held-out phantoms: AUC {_verdict(held.get('auc'), 0.95)}, mean lobe DSC "
+        f"{_verdict(held.get('dsc'), 0.9)}. On the one real series available: union of the five lobes against the HU "
+        f"lung mask, Dice {_verdict(real.get('lobe_union_dice_vs_hu_lung_mask'), 0.85)} after the predictor's clean-up "
+        f"(which keeps lobes inside that mask), {_verdict(real.get('network_union_dice_vs_hu_lung_mask'), 0.85)} for the "
+        f"network's own foreground; {anatomy}.{volume_text} The severity output on real CT means nothing: the "
+        "classifier has only seen synthetic findings. Train and validate on local data before drawing any conclusion "
+        "from either output."
     )
-
 
 
 def cmd_ship(args) -> int:
@@ -496,7 +523,7 @@ def cmd_ship(args) -> int:
     (out / "measured-summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
     target = Path(args.weights) if args.weights else default_weights_path()
     result = export_run(out / args.run, target, version=args.version, threshold=threshold, metrics=metrics,
-                        card_path=target.parent / "MODEL_CARD.md", summary=plain_summary(out, summary))
+                        card_path=target.parent / "MODEL_CARD.md", summary=plain_summary(out / args.run, summary))
     print(json.dumps({"weights": str(result.weights), "bytes": result.size_bytes, "sha256": result.sha256,
                       "threshold": threshold}))
     return 0
