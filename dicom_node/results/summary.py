@@ -109,6 +109,21 @@ def _slice_label(header) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def _frame_label(source: SourceSeries, z: int) -> str:
+    """Instance number, frame number and position of volume slice z of a multi-frame source."""
+    number = source.headers[0].get("InstanceNumber")
+    image = f"image {number} " if number not in (None, "") else ""
+    position = source.slice_position(z)
+    return f"{image}frame {source.frame_numbers[z]}, z {position[2]:.1f} mm"
+
+
+def slice_labels(source: SourceSeries) -> list[str]:
+    """What each volume slice's panel is called: its source image (and frame) and position."""
+    if source.frame_numbers is None:
+        return [_slice_label(header) for header in source.headers]
+    return [_frame_label(source, z) for z in range(source.slice_count)]
+
+
 def build_summary(
     source: SourceSeries,
     hu: np.ndarray,
@@ -116,7 +131,7 @@ def build_summary(
     findings: Findings,
     identity: ResultIdentity,
 ) -> hd.sc.SCImage:
-    labels = [_slice_label(header) for header in source.headers]
+    labels = slice_labels(source)
     pixels = render_summary(hu, lobe_map, findings, labels)
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source.headers[0],
