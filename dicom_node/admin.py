@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.config import ConfigError, NodeConfig, config_from_text, load_config, read_config_text, resolve_config_path
+from dicom_node.config import ConfigError, Destination, NodeConfig, config_from_text, load_config, read_config_text, resolve_config_path
 from dicom_node.config_edit import EditError, add_destination, add_source, remove_destination, remove_source
 
 EXIT_OK = 0
@@ -145,28 +145,43 @@ def dest_list(config_path: str | os.PathLike | None) -> int:
     config = _load(config_path)
     if isinstance(config, int):
         return config
-    _table(("NAME", "AE_TITLE", "HOST", "PORT"), [(d.name, d.ae_title, d.host, str(d.port)) for d in config.destinations])
+    _table(
+        ("NAME", "AE_TITLE", "HOST", "PORT", "TLS"),
+        [(d.name, d.ae_title, d.host, str(d.port), "yes" if d.tls else "no") for d in config.destinations],
+    )
     if not config.destinations:
         _out(f"note: no destinations: results stay under {config.node.data_dir}")
     return EXIT_OK
 
 
-def dest_add(config_path: str | os.PathLike | None, name: str, ae_title: str, host: str, port: str | int) -> int:
-    """Add a destination for results."""
+def dest_add(
+    config_path: str | os.PathLike | None, name: str, ae_title: str, host: str, port: str | int, **tls
+) -> int:
+    """Add a destination for results; ``tls``: the keyword arguments of
+    :func:`dicom_node.config_edit.add_destination` for DICOM TLS (none: plain TCP)."""
+    from dicom_node.tls import destination_tls_files
+
     path = resolve_config_path(config_path)
     try:
-        add_destination(path, name, ae_title, host, port)
+        result = add_destination(path, name, ae_title, host, port, **tls)
     except (EditError, ConfigError) as exc:
         return _refused(exc, path)
     except OSError as exc:
         return _unwritable(exc, path)
-    _out(f"added destination {name} ({ae_title} at {host}:{port}) to {path}; {RELOAD_HINT}")
+    dest = next(d for d in result.config.destinations if d.name == name)
+    _out(f"added destination {name} ({_describe(dest)}) to {path}; {RELOAD_HINT}")
+    if dest.tls:
+        files = destination_tls_files(dest, result.config.tls)
+        hostname = "checked" if dest.tls_verify_hostname else "not checked"
+        _out(f"  its certificate is verified against {files.ca_certificates or files.ca_key} (host name {hostname}); "
+             f"client certificate: {files.certificate or 'none'}")
     _out(f"check it answers: m2unet-node dest echo {name}")
     return EXIT_OK
 
 
 def dest_remove(config_path: str | os.PathLike | None, name: str) -> int:
-    """Remove a destination (results not yet delivered to it stay pending, sent if it comes back)."""
+    """Remove a destination; results not yet delivered to it are kept ("orphaned" in ``status``) and
+    sent if a destination of that name is configured again."""
     path = resolve_config_path(config_path)
     try:
         remove_destination(path, name)
@@ -175,6 +190,8 @@ def dest_remove(config_path: str | os.PathLike | None, name: str) -> int:
     except OSError as exc:
         return _unwritable(exc, path)
     _out(f"removed destination {name} from {path}; {RELOAD_HINT}")
+    _out(f'note: results not yet delivered to {name} are kept ("orphaned" in m2unet-node status, files left in '
+         "place) and sent if a destination of that name is added again")
     return EXIT_OK
 
 
@@ -188,8 +205,8 @@ def dest_echo(config_path: str | os.PathLike | None, name: str) -> int:
         known = ", ".join(d.name for d in config.destinations) or "none"
         _err(f'NAME = "{name}": no such destination (configured: {known})')
         return EXIT_INVALID
-    outcome = c_echo(config, dest.ae_title, dest.host, dest.port)
-    target = f"{dest.name} ({dest.ae_title} at {dest.host}:{dest.port})"
+    outcome = c_echo(config, dest.ae_title, dest.host, dest.port, destination=dest)
+    target = f"{dest.name} ({_describe(dest)})"
     if outcome.ok:
         _out(f"C-ECHO {target}: success in {outcome.seconds * 1000:.0f} ms")
         return EXIT_OK
@@ -204,8 +221,20 @@ class EchoOutcome:
     seconds: float
 
 
-def c_echo(config: NodeConfig, ae_title: str, host: str, port: int, timeout: float = ECHO_TIMEOUT) -> EchoOutcome:
-    """One Verification association from the node's AE title; the outcome in words."""
+def _describe(dest: Destination) -> str:
+    return f"{dest.ae_title} at {dest.host}:{dest.port}{', DICOM TLS' if dest.tls else ''}"
+
+
+def c_echo(
+    config: NodeConfig,
+    ae_title: str,
+    host: str,
+    port: int,
+    timeout: float = ECHO_TIMEOUT,
+    destination: Destination | None = None,
+) -> EchoOutcome:
+    """One Verification association from the node's AE title; the outcome in words. With a
+    ``destination`` that uses TLS, the association is opened as the sender opens it."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
@@ -217,17 +246,30 @@ def c_echo(config: NodeConfig, ae_title: str, host: str, port: int, timeout: flo
     except OSError as exc:
         return EchoOutcome(False, f"cannot connect to {host}:{port}: {exc.strerror or exc}", time.monotonic() - start)
 
+    context = None
+    if destination is not None and destination.tls:
+        from dicom_node.tls import client_context
+
+        try:
+            context = client_context(destination, config.tls)
+        except ValueError as exc:
+            return EchoOutcome(False, f"TLS settings cannot be used: {exc}", time.monotonic() - start)
     ae = AE(ae_title=config.node.ae_title)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    # Plain TCP, as the sender uses for destinations ([tls] covers incoming associations).
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(context, host) if context is not None else None)
     try:
         if not assoc.is_established:
-            if assoc.is_rejected:
+            if context is not None and context.handshake_error is not None:
+                from dicom_node.tls import describe_handshake_error
+
+                reason = f"TLS handshake failed: {describe_handshake_error(context.handshake_error)}"
+            elif assoc.is_rejected:
                 rsp = assoc.acceptor.primitive
                 reason = f"association rejected ({rsp.result_str}, {rsp.source_str}: {rsp.reason_str})"
+            elif assoc.is_aborted and context is not None:
+                reason = "association aborted after the TLS handshake (this node's client certificate refused? wrong AE title?)"
             elif assoc.is_aborted:
                 reason = "association aborted (wrong AE title, the peer expects TLS, or no Verification support?)"
             else:

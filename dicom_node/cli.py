@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     dest_add.add_argument("ae_title", metavar="AE_TITLE", help="the destination's AE title")
     dest_add.add_argument("host", metavar="HOST", help="its IP address or host name")
     dest_add.add_argument("port", metavar="PORT", help="its DICOM port (1-65535)")
+    dest_tls = dest_add.add_argument_group(
+        "DICOM TLS to this destination",
+        "Any of these options turns TLS on for the destination. Without --tls-ca-certificates the "
+        "destination's certificate is verified against [tls] ca_certificates, else the system's trust "
+        "store; without --tls-certificate/--tls-private-key the node's [tls] certificate and key are "
+        "offered when set (mutual TLS), else no client certificate. Paths are written absolute.",
+    )
+    dest_tls.add_argument("--tls", action="store_true", help="send to it over DICOM TLS (tls = true)")
+    dest_tls.add_argument("--tls-ca-certificates", metavar="PEM", help="CA certificate(s) its certificate is verified against")
+    dest_tls.add_argument("--tls-certificate", metavar="PEM", help="client certificate this node presents (mutual TLS)")
+    dest_tls.add_argument("--tls-private-key", metavar="PEM", help="the private key of --tls-certificate")
+    dest_tls.add_argument(
+        "--no-tls-verify-hostname",
+        dest="tls_verify_hostname",
+        action="store_false",
+        default=None,
+        help="do not require its certificate to name HOST (the certificate is still verified against the CA)",
+    )
     dest_remove = dest_sub.add_parser("remove", parents=common, help="remove a destination")
     dest_remove.add_argument("name", metavar="NAME")
     dest_echo = dest_sub.add_parser(
@@ -158,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "list":
             return admin.dest_list(args.config)
         if args.action == "add":
-            return admin.dest_add(args.config, args.name, args.ae_title, args.host, args.port)
+            return admin.dest_add(args.config, args.name, args.ae_title, args.host, args.port, **_dest_tls_arguments(args))
         if args.action == "remove":
             return admin.dest_remove(args.config, args.name)
         return admin.dest_echo(args.config, args.name)
@@ -183,6 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             slices=args.slices,
         )
     raise AssertionError(cmd)
+
+
+# --- dest add's TLS options --------------------------------------------
+
+
+def _dest_tls_arguments(args) -> dict:
+    """The TLS options of ``dest add`` given on the command line (empty: a plain destination)."""
+    given = {
+        key: getattr(args, key)
+        for key in ("tls_ca_certificates", "tls_certificate", "tls_private_key", "tls_verify_hostname")
+        if getattr(args, key) is not None
+    }
+    return {"tls": True, **given} if args.tls or given else {}
 
 
 if __name__ == "__main__":

@@ -71,10 +71,18 @@ class Source:
 
 @dataclass(frozen=True)
 class Destination:
+    """A C-STORE destination for results. The ``tls_*`` paths are as the entry gives them (None:
+    not set); :func:`dicom_node.tls.destination_tls_files` fills in the ``[tls]`` defaults."""
+
     name: str
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # DICOM TLS (PS3.15 B.1) for the associations to this destination
+    tls_ca_certificates: Path | None = None  # the destination's certificate is verified against these
+    tls_certificate: Path | None = None  # this node's client certificate (mutual TLS)
+    tls_private_key: Path | None = None
+    tls_verify_hostname: bool = True  # the certificate must name ``host``
 
 
 @dataclass(frozen=True)
@@ -147,8 +155,21 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         )
         for s in doc.get("sources", [])
     )
+    def optional_path(entry: dict, key: str) -> Path | None:
+        return _resolve_path(entry[key], config_dir) if entry.get(key) else None
+
     destinations = tuple(
-        Destination(name=d["name"], ae_title=d["ae_title"], host=d["host"], port=int(d["port"]))
+        Destination(
+            name=d["name"],
+            ae_title=d["ae_title"],
+            host=d["host"],
+            port=int(d["port"]),
+            tls=bool(d.get("tls", False)),
+            tls_ca_certificates=optional_path(d, "tls_ca_certificates"),
+            tls_certificate=optional_path(d, "tls_certificate"),
+            tls_private_key=optional_path(d, "tls_private_key"),
+            tls_verify_hostname=bool(d.get("tls_verify_hostname", True)),
+        )
         for d in doc.get("destinations", [])
     )
     return NodeConfig(

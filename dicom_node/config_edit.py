@@ -29,7 +29,7 @@ from typing import Any
 
 import tomlkit
 
-from dicom_node.config import NodeConfig, parse_config, read_config_text
+from dicom_node.config import NodeConfig, _resolve_path, parse_config, read_config_text
 from dicom_node.config_validation import (
     MISSING,
     Problem,
@@ -324,8 +324,26 @@ def remove_source(path: str | os.PathLike, ae_title: str) -> EditResult:
     return _edit(path, "sources", plan)
 
 
-def add_destination(path: str | os.PathLike, name: str, ae_title: str, host: str, port: str | int) -> EditResult:
-    """Add a ``[[destinations]]`` entry; ``port`` may be the text typed on the command line."""
+def add_destination(
+    path: str | os.PathLike,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: str | int,
+    *,
+    tls: bool = False,
+    tls_ca_certificates: str | os.PathLike | None = None,
+    tls_certificate: str | os.PathLike | None = None,
+    tls_private_key: str | os.PathLike | None = None,
+    tls_verify_hostname: bool | None = None,
+) -> EditResult:
+    """Add a ``[[destinations]]`` entry; ``port`` may be the text typed on the command line.
+
+    With ``tls``, the entry gets ``tls = true`` and the TLS keys that are given (``None``: left
+    out, so the defaults apply; ``tls_verify_hostname`` is written only when false is asked for).
+    File paths are written absolute, resolved as the config resolves them (the current folder,
+    then the config's folder), so the node finds them whatever folder it runs in; validation
+    refuses a file that is not there."""
     number, port_why = port_argument_problem(port) if isinstance(port, str) else (port, port_problem(port))
     problems = [
         Problem(key, value, why)
@@ -337,14 +355,33 @@ def add_destination(path: str | os.PathLike, name: str, ae_title: str, host: str
         )
         if why
     ]
+    tls_files = {
+        "tls_ca_certificates": tls_ca_certificates,
+        "tls_certificate": tls_certificate,
+        "tls_private_key": tls_private_key,
+    }
+    for key, value in tls_files.items():
+        if value is not None and not str(value).strip():
+            problems.append(Problem(f"--{key.replace('_', '-')}", str(value), "must not be empty"))
+    if not tls and (any(v is not None for v in tls_files.values()) or tls_verify_hostname is not None):
+        problems.append(Problem("--tls", False, "the TLS options need tls (--tls)"))
     if problems:
         raise EditError(problems)
+    config_dir = Path(path).parent
 
     def plan(doc: dict) -> tuple[dict, list[int]]:
         for i, d in enumerate(doc.get("destinations", [])):
             if d.get("name") == name:
                 raise EditError([Problem(f"destinations[{i}].name", name, "already exists; remove it first")])
-        return {"name": name, "ae_title": ae_title, "host": host, "port": number}, []
+        entry: dict[str, Any] = {"name": name, "ae_title": ae_title, "host": host, "port": number}
+        if tls:
+            entry["tls"] = True
+            for key, value in tls_files.items():
+                if value is not None:
+                    entry[key] = str(_resolve_path(str(value), config_dir).absolute())
+            if tls_verify_hostname is not None and not tls_verify_hostname:
+                entry["tls_verify_hostname"] = False
+        return entry, []
 
     return _edit(path, "destinations", plan)
 

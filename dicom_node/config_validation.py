@@ -201,8 +201,14 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "ae_title": ae_title_problem,
         "host": host_problem,
         "port": port_problem,
+        "tls": _boolean,
+        "tls_ca_certificates": _nonempty_string,
+        "tls_certificate": _nonempty_string,
+        "tls_private_key": _nonempty_string,
+        "tls_verify_hostname": _boolean,
     },
 }
+DESTINATION_TLS_KEYS = ("tls_ca_certificates", "tls_certificate", "tls_private_key", "tls_verify_hostname")
 ARRAY_TABLES = ("sources", "destinations")
 REQUIRED = {"sources": ("ae_title",), "destinations": ("name", "ae_title", "host", "port")}
 
@@ -331,4 +337,54 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
                 problem = _file_problem(f"tls.{key}", tls[key], config_dir)
                 if problem:
                     problems.append(problem)
+    problems += _destination_tls_problems(doc, config_dir)
+    return problems
+
+
+def _destination_tls_problems(doc: dict, config_dir: Path | None) -> list[Problem]:
+    """``[[destinations]]`` with ``tls = true``: the files they will use exist (their own, or the
+    ``[tls]`` defaults), certificate and key come in pairs; TLS keys without ``tls = true`` are
+    refused (results would go in the clear while the file looks encrypted)."""
+    problems: list[Problem] = []
+    tls = doc.get("tls", {})
+    reported_defaults: set[str] = set()
+    for i, dest in enumerate(doc.get("destinations", [])):
+        prefix = f"destinations[{i}]"
+        if not dest.get("tls", False):
+            for key in DESTINATION_TLS_KEYS:
+                if key in dest:
+                    problems.append(
+                        Problem(
+                            f"{prefix}.{key}",
+                            dest[key],
+                            f"set, but {prefix}.tls is not true: results to {dest['name']!r} would go over plain TCP; "
+                            "add tls = true to the entry (or remove its tls_* keys)",
+                        )
+                    )
+            continue
+        for key in ("tls_ca_certificates", "tls_certificate", "tls_private_key"):
+            if key in dest:
+                problem = _file_problem(f"{prefix}.{key}", dest[key], config_dir)
+                if problem:
+                    problems.append(problem)
+        has_cert, has_key = "tls_certificate" in dest, "tls_private_key" in dest
+        if has_cert != has_key:
+            missing, given = ("tls_private_key", "tls_certificate") if has_cert else ("tls_certificate", "tls_private_key")
+            problems.append(Problem(f"{prefix}.{missing}", MISSING, f"required with {prefix}.{given} (mutual TLS needs both)"))
+        if tls.get("enabled", False):
+            continue  # the [tls] files it may fall back on were checked with [tls]
+        defaults = []
+        if "tls_ca_certificates" not in dest and "ca_certificates" in tls:
+            defaults.append("ca_certificates")
+        if not has_cert and not has_key and "certificate" in tls and "private_key" in tls:
+            defaults += ["certificate", "private_key"]
+        for key in defaults:
+            if key in reported_defaults:
+                continue
+            problem = _file_problem(f"tls.{key}", tls[key], config_dir)
+            if problem:
+                reported_defaults.add(key)
+                problems.append(
+                    Problem(problem.key, problem.value, f"{problem.reason}; {prefix} ({dest['name']!r}, tls = true) uses it")
+                )
     return problems

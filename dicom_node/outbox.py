@@ -9,7 +9,13 @@ or a copy, of the result file, so the sender never reads the pipeline's folders)
 - ``delivered``: the destination acknowledged it (C-STORE success or warning); never sent again,
   even when the same object is enqueued again (a job re-run after a crash rebuilds identical
   objects with the same UIDs, and enqueueing is ``INSERT OR IGNORE``);
-- ``failed``: refused permanently (see ``sender``); kept with its reason for ``status``.
+- ``failed``: refused permanently (see ``sender``); kept with its reason for ``status``;
+- ``orphaned``: was pending for a destination that is no longer in the config (``dest remove``
+  or an edit). The sender marks them on its next pass (:func:`reconcile_destinations`), with
+  ``last_error`` saying so; nothing is deleted (neither the outbox file nor the result folder),
+  and when a destination of that name is configured again (hot reload) its orphaned items
+  become ``pending`` again, due at once, and are sent to it. Delivered and failed items are
+  left as they are.
 
 Retries wait ``retry_initial * 2 ** (attempts - 1)`` seconds, capped at ``retry_max``
 (:func:`backoff_delay`); the schedule is in the table, so it survives restarts.
@@ -54,7 +60,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt);
 """
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+PENDING, DELIVERED, FAILED, ORPHANED = "pending", "delivered", "failed", "orphaned"
+WAITING = (PENDING, ORPHANED)  # not delivered yet and not given up: the outbox file is kept
+
+
+def removed_reason(destination: str) -> str:
+    """``last_error`` of an orphaned item."""
+    return (
+        f"destination {destination!r} removed from the configuration; kept, and sent if a destination "
+        f"{destination!r} is configured again"
+    )
 
 # callbacks run after each enqueue that added rows (the sender's wake(): no wait for its next poll)
 _listeners: list = []
@@ -221,6 +236,44 @@ def next_due(conn: sqlite3.Connection, destinations: list[str]) -> float | None:
     return row[0]
 
 
+def reconcile_destinations(
+    conn: sqlite3.Connection, configured: list[str] | tuple[str, ...], now: float | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Pending items of destinations not in ``configured`` become ``orphaned``; orphaned items of
+    destinations in ``configured`` become ``pending`` again, due at ``now``. Returns
+    ``(orphaned, restored)``, each ``{destination: objects}``. One read when there is nothing to do
+    (the sender calls this on every pass)."""
+    ensure_schema(conn)
+    now = time.time() if now is None else now
+    names = set(configured)
+    with locked(conn):
+        rows = conn.execute(
+            "SELECT DISTINCT destination, state FROM outbox WHERE state IN (?, ?)", (PENDING, ORPHANED)
+        ).fetchall()
+    to_orphan = sorted({r["destination"] for r in rows if r["state"] == PENDING and r["destination"] not in names})
+    to_restore = sorted({r["destination"] for r in rows if r["state"] == ORPHANED and r["destination"] in names})
+    orphaned: dict[str, int] = {}
+    restored: dict[str, int] = {}
+    if not to_orphan and not to_restore:
+        return orphaned, restored
+    with write_transaction(conn):
+        for destination in to_orphan:
+            n = conn.execute(
+                "UPDATE outbox SET state = ?, last_error = ? WHERE state = ? AND destination = ?",
+                (ORPHANED, removed_reason(destination), PENDING, destination),
+            ).rowcount
+            if n:
+                orphaned[destination] = n
+        for destination in to_restore:
+            n = conn.execute(
+                "UPDATE outbox SET state = ?, last_error = NULL, next_attempt = ? WHERE state = ? AND destination = ?",
+                (PENDING, now, ORPHANED, destination),
+            ).rowcount
+            if n:
+                restored[destination] = n
+    return orphaned, restored
+
+
 def mark_delivered(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
     now = time.time() if now is None else now
     with write_transaction(conn):
@@ -256,13 +309,15 @@ def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
 
 
 def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:
-    """Remove the outbox file once no destination still has it pending (the result folder keeps
-    the original)."""
+    """Remove the outbox file once no destination still waits for it (pending or orphaned; the
+    result folder keeps the original)."""
     with locked(conn):
         row = conn.execute("SELECT path FROM outbox WHERE id = ?", (item_id,)).fetchone()
         if row is None:
             return
-        left = conn.execute("SELECT COUNT(*) FROM outbox WHERE path = ? AND state = ?", (row["path"], PENDING)).fetchone()[0]
+        left = conn.execute(
+            "SELECT COUNT(*) FROM outbox WHERE path = ? AND state IN (?, ?)", (row["path"], *WAITING)
+        ).fetchone()[0]
     if left == 0:
         with contextlib.suppress(FileNotFoundError):
             (data_dir_of(conn) / row["path"]).unlink()
@@ -271,9 +326,9 @@ def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:
 def delivery_summary(conn: sqlite3.Connection) -> dict:
     """For ``m2unet-node status``:
 
-    ``{"pending": n, "failed": n, "delivered": n,
+    ``{"pending": n, "failed": n, "delivered": n, "orphaned": n,
        "items": [{"destination", "sop_instance_uid", "state", "attempts", "last_error",
-                  "next_attempt"}, ...],          # pending and failed rows, oldest first
+                  "next_attempt"}, ...],          # pending, orphaned and failed rows, oldest first
        "results_dir": "<data_dir>/results",
        "kept": [{"study_instance_uid", "series_instance_uid", "version", "folder"}, ...]}``
 
@@ -287,13 +342,14 @@ def delivery_summary(conn: sqlite3.Connection) -> dict:
         counts = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
         rows = conn.execute(
             "SELECT destination, sop_instance_uid, state, attempts, last_error, next_attempt FROM outbox"
-            " WHERE state IN (?, ?) ORDER BY id",
-            (PENDING, FAILED),
+            " WHERE state IN (?, ?, ?) ORDER BY id",
+            (PENDING, ORPHANED, FAILED),
         ).fetchall()
     return {
         "pending": counts.get(PENDING, 0),
         "failed": counts.get(FAILED, 0),
         "delivered": counts.get(DELIVERED, 0),
+        "orphaned": counts.get(ORPHANED, 0),
         "items": [dict(r) for r in rows],
         "results_dir": str(results_dir(data_dir_of(conn))),
         "kept": kept_results(conn),

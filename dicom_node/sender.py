@@ -13,11 +13,18 @@ association and sends them in order, recording each outcome as it comes:
 - anything else is transient and retried with exponential backoff from ``[sender]
   retry_initial`` capped at ``retry_max``: 0xA7xx (out of resources), 0x0110/0x0213 (processing
   failure, resource limitation), an association rejected or aborted, a connection refused or a
-  time-out. A destination down for minutes therefore gets everything once it is back, at most
-  ``retry_max`` seconds later.
+  time-out, a failed TLS handshake (the certificate not accepted, the peer not speaking TLS) or
+  unusable TLS files. A destination down for minutes therefore gets everything once it is back, at
+  most ``retry_max`` seconds later.
 
-Items of a destination that is no longer configured stay ``pending`` (``status`` shows them) and
-are sent if it comes back.
+A destination with ``tls = true`` is reached over DICOM TLS (PS3.15 B.1): the context of
+:func:`dicom_node.tls.client_context` is built for each association (renewed certificates apply
+at once) and passed to pynetdicom as ``tls_args``.
+
+Items of a destination that is no longer configured become ``orphaned`` on the next pass (logged as
+``outbox_destination_removed``; ``status`` shows them with the reason; no file is deleted) and
+``pending`` again when a destination of that name is configured again
+(``outbox_destination_restored``): see :func:`dicom_node.outbox.reconcile_destinations`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node import outbox
 from dicom_node.db import connect
+from dicom_node.tls import ClientContext, client_context, describe_handshake_error
 
 log = structlog.get_logger()
 
@@ -96,6 +104,7 @@ class Sender:
     def deliver_due(self, now: float | None = None) -> int:
         """One pass over every configured destination; returns the number of objects delivered."""
         config = self.live_config.current
+        self._reconcile(config, now)
         delivered = 0
         for destination in config.destinations:
             if self._stop.is_set():
@@ -105,10 +114,31 @@ class Sender:
                 delivered += self._deliver(config, destination, items)
         return delivered
 
+    def _reconcile(self, config, now: float | None) -> None:
+        """Orphan the pending items of removed destinations; restore those of returning ones."""
+        orphaned, restored = outbox.reconcile_destinations(self._conn, [d.name for d in config.destinations], now=now)
+        for name, count in orphaned.items():
+            log.warning("outbox_destination_removed", destination=name, objects=count, state=outbox.ORPHANED)
+        for name, count in restored.items():
+            log.info("outbox_destination_restored", destination=name, objects=count, state=outbox.PENDING)
+
+    def _defer(self, conn, bound, items, reason: str, retry) -> None:
+        delay = 0.0
+        for item in items:
+            delay = outbox.mark_retry(conn, item.id, reason, retry.retry_initial, retry.retry_max)
+        bound.warning("send_deferred", objects=len(items), reason=reason, retry_in=delay)
+
     def _deliver(self, config, destination, items: list[outbox.OutboxItem]) -> int:
         conn = self._conn
         retry = config.sender
-        bound = log.bind(destination=destination.name)
+        bound = log.bind(destination=destination.name, tls=destination.tls)
+        context: ClientContext | None = None
+        if destination.tls:
+            try:
+                context = client_context(destination, config.tls)
+            except ValueError as exc:  # a missing or unreadable file: the admin may fix it meanwhile
+                self._defer(conn, bound, items, f"TLS settings of destination {destination.name!r} cannot be used: {exc}", retry)
+                return 0
         ae = AE(ae_title=config.node.ae_title)
         ae.acse_timeout = 15
         ae.dimse_timeout = 120
@@ -116,13 +146,19 @@ class Sender:
         ae.connection_timeout = 5
         for sop_class in sorted({i.sop_class_uid for i in items}):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        tls_args = (context, destination.host) if context is not None else None
         try:
-            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args)
         except Exception as exc:  # resolution errors and the like
             assoc = None
             reason = f"association failed: {exc}"
         else:
             reason = "association rejected" if assoc.is_rejected else "association aborted or refused"
+        if context is not None and context.handshake_error is not None:
+            reason = f"TLS handshake with {destination.host}:{destination.port} failed: {describe_handshake_error(context.handshake_error)}"
+            bound.warning("tls_handshake_failed", host=destination.host, port=destination.port, reason=reason)
+        elif context is not None and context.handshake_done and assoc is not None and not assoc.is_established:
+            reason += " after the TLS handshake (a destination that refuses this node's client certificate also ends here)"
         if assoc is not None and not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
             # the peer answered but accepts none of these SOP classes: retrying cannot help
             refused = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts}
@@ -132,9 +168,7 @@ class Sender:
             bound.error("send_refused", objects=len(items), reason="no presentation context accepted")
             return 0
         if assoc is None or not assoc.is_established:
-            for item in items:
-                delay = outbox.mark_retry(conn, item.id, reason, retry.retry_initial, retry.retry_max)
-            bound.warning("send_deferred", objects=len(items), reason=reason, retry_in=delay)
+            self._defer(conn, bound, items, reason, retry)
             return 0
         _no_delay(assoc)
         delivered = 0
@@ -182,4 +216,3 @@ def _no_delay(assoc) -> None:
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):
         pass
-

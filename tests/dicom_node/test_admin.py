@@ -114,7 +114,7 @@ def test_dest_add_list_remove(capsys, config_file):
     code, out, _ = run(capsys, "--config", str(config_file), "dest", "add", "pacs", "ORTHANC", "127.0.0.1", "4242")
     assert code == 0 and "dest echo pacs" in out[1]
     code, out, _ = run(capsys, "--config", str(config_file), "dest", "list")
-    assert [line.split() for line in out] == [["NAME", "AE_TITLE", "HOST", "PORT"], ["pacs", "ORTHANC", "127.0.0.1", "4242"]]
+    assert [line.split() for line in out] == [["NAME", "AE_TITLE", "HOST", "PORT", "TLS"], ["pacs", "ORTHANC", "127.0.0.1", "4242", "no"]]
     code, _, err = run(capsys, "--config", str(config_file), "dest", "add", "pacs2", "ORTHANC", "127.0.0.1", "port")
     assert code == 2 and err[0] == 'PORT = "port": must be an integer between 1 and 65535'
     code, _, _ = run(capsys, "--config", str(config_file), "dest", "remove", "pacs")

@@ -155,11 +155,13 @@ def test_sop_class_not_accepted_is_permanent(case, data_dir, tmp_path):
         server.shutdown()
 
 
-def test_items_of_unconfigured_destination_stay_pending(case, data_dir, tmp_path):
+def test_items_of_unconfigured_destination_become_orphaned(case, data_dir, tmp_path):
     conn = db.connect(data_dir)
     outbox.enqueue(conn, outbox_objects(case, tmp_path / "results"), ["gone"])
     sender = Sender(StaticConfig(node_config(data_dir, [])))
     sender._conn = conn
     assert sender.deliver_due() == 0
-    assert outbox.delivery_summary(conn)["pending"] == 3
+    summary = outbox.delivery_summary(conn)
+    assert (summary["pending"], summary["orphaned"]) == (0, 3)
+    assert all("'gone' removed from the configuration" in i["last_error"] for i in summary["items"])
     conn.close()
