@@ -152,6 +152,7 @@ class Prediction:
     bag_probabilities: tuple[float, ...] = ()
     lung_slices: int = 0
     trained: bool = False
+    caution: str = ""
     raw_class_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -620,6 +621,7 @@ class Predictor:
             bag_probabilities=bag_probabilities,
             lung_slices=lung_slices,
             trained=bool(getattr(self.metadata, "trained", False)),
+            caution=str(getattr(self.metadata, "caution", "")),
             raw_class_map=raw if keep_raw else None,
         )
 

@@ -80,7 +80,9 @@ class WeightsMetadata:
     """What a weights file says about itself.
 
     ``threshold`` is the decision threshold on the probability of severe; ``trained`` is False for
-    random weights, which must never be described as trained.
+    random weights, which must never be described as trained; ``caution`` is a short warning that
+    every result made with the weights must carry (the shipped demo weights: trained on synthetic
+    phantoms only, not for clinical use), empty for weights validated for their use.
     """
 
     version: str
@@ -94,6 +96,7 @@ class WeightsMetadata:
     created: str = field(default_factory=_today)
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
+    caution: str = ""  # a warning every result made with these weights carries ("" for none)
 
     def __post_init__(self) -> None:
         if isinstance(self.preprocessing, PreprocessingConfig):
@@ -131,6 +134,8 @@ class WeightsMetadata:
             datetime.fromisoformat(self.created)
         except (TypeError, ValueError):
             raise ValueError(f"created must be an ISO date, got {self.created!r}") from None
+        if not isinstance(self.caution, str):
+            raise ValueError(f"caution must be a string, got {type(self.caution).__name__}")
         for name in ("metrics", "recipe"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
@@ -292,6 +297,8 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     )
     if not metadata.trained:
         log.warning("weights_untrained", path=str(path), training_data=metadata.training_data)
+    elif metadata.caution:
+        log.warning("weights_caution", path=str(path), caution=metadata.caution)
     return LoadedWeights(model=model, metadata=metadata, sha256=sha256, path=path)
 
 

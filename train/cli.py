@@ -188,6 +188,7 @@ def cmd_export(args) -> int:
         training_data=args.training_data,
         threshold=args.threshold,
         float16=not args.float32,
+        caution=args.caution,
     )
     print(json.dumps({"weights": str(result.weights), "card": str(result.card), "sha256": result.sha256,
                       "bytes": result.size_bytes}))
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training-data", help="description of the training data (default: from run.json)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: metrics.json's or the recipe's)")
     p.add_argument("--float32", action="store_true", help="store float32 instead of float16")
+    p.add_argument("--caution", default="",
+                   help="a warning every result made with these weights carries: the node marks their series "
+                        "'NOT FOR CLINICAL USE' and prints it on the summary image (e.g. for weights not yet "
+                        "validated locally); default none")
     p.set_defaults(func=cmd_export)
     return parser
 

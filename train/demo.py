@@ -501,6 +501,9 @@ def plain_summary(run_dir: Path, summary: dict) -> str:
     )
 
 
+DEMO_CAUTION = "Demo weights, synthetic training only: not for clinical use"
+
+
 def cmd_ship(args) -> int:
     from m2unet.weights import default_weights_path
     from train.export import export_run
@@ -523,7 +526,8 @@ def cmd_ship(args) -> int:
     (out / "measured-summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
     target = Path(args.weights) if args.weights else default_weights_path()
     result = export_run(out / args.run, target, version=args.version, threshold=threshold, metrics=metrics,
-                        card_path=target.parent / "MODEL_CARD.md", summary=plain_summary(out / args.run, summary))
+                        card_path=target.parent / "MODEL_CARD.md", summary=plain_summary(out / args.run, summary),
+                        caution=DEMO_CAUTION)
     print(json.dumps({"weights": str(result.weights), "bytes": result.size_bytes, "sha256": result.sha256,
                       "threshold": threshold}))
     return 0

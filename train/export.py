@@ -81,9 +81,11 @@ def export_run(
     threshold: float | None = None,
     float16: bool = True,
     summary: str | None = None,
+    caution: str = "",
 ) -> ExportResult:
     """Write the weights of the run in ``run_dir`` and their model card (see the module doc);
-    ``summary`` is a paragraph for the card saying plainly what the weights are."""
+    ``summary`` is a paragraph for the card saying plainly what the weights are; ``caution`` a
+    warning every result made with the weights carries (:class:`m2unet.weights.WeightsMetadata`)."""
     run_dir = Path(run_dir)
     model, recipe = load_run_model(run_dir)
     run_info = _read_json(run_dir / RUN_INFO)
@@ -104,6 +106,7 @@ def export_run(
         threshold=threshold,
         float16=float16,
         summary=summary,
+        caution=caution,
     )
 
 
@@ -119,6 +122,7 @@ def export_model(
     card_path: str | Path | None = None,
     float16: bool = True,
     summary: str | None = None,
+    caution: str = "",
 ) -> ExportResult:
     weights_path = Path(weights_path)
     card_path = Path(card_path) if card_path is not None else weights_path.parent / MODEL_CARD
@@ -131,6 +135,7 @@ def export_model(
         trained=True,
         metrics=_json_safe(metrics),
         recipe=recipe.to_dict(),
+        caution=caution,
     )
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     sha256 = save_weights(weights_path, model, metadata, dtype=torch.float16 if float16 else torch.float32)
@@ -177,6 +182,7 @@ def model_card(metadata: WeightsMetadata, sha256: str, weights_path: Path, *, fl
         f"- Created: {metadata.created} (card written {datetime.now(timezone.utc).isoformat(timespec='seconds')})",
         f"- Variant: `{metadata.variant}` (M2UNet of He et al., IEEE TMI 2020, Table I)",
         f"- Decision threshold on the probability of severe: {metadata.threshold:.4f}",
+        *([f"- Caution carried by every result: {metadata.caution}"] if metadata.caution else []),
         "",
     ]
     if summary:

@@ -32,6 +32,7 @@ class Findings:
     model_version: str
     weights_sha256: str
     trained: bool = True  # False: random-init weights (tests, demos): the numbers mean nothing
+    caution: str = ""  # the weights' warning for every result (e.g. demo weights: not for clinical use)
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -45,6 +46,12 @@ class Findings:
                 raise ValueError(f"severity_score of {f.lobe.name} must be 0..5, got {f.severity_score!r}")
         if not 0 <= self.total_score <= 25:
             raise ValueError(f"total_score must be 0..25, got {self.total_score!r}")
+
+    @property
+    def for_clinical_use(self) -> bool:
+        """False when the weights are untrained or carry a caution: every result object then says
+        so where a reader looks first (series description, summary image)."""
+        return self.trained and not self.caution
 
     def lobe(self, lobe: Lobe) -> LobeFinding:
         return self.lobes[int(lobe) - 1]
@@ -72,7 +79,20 @@ def findings_from(prediction, quantification) -> Findings:
         model_version=str(prediction.model_version),
         weights_sha256=str(prediction.weights_sha256),
         trained=bool(getattr(prediction, "trained", True)),
+        caution=str(getattr(prediction, "caution", "")),
     )
+
+
+NOT_FOR_CLINICAL_USE = " - NOT FOR CLINICAL USE"
+
+
+def series_description(base: str, findings: Findings) -> str:
+    """A result series' description: ``base``, marked when the results are not for clinical use
+    (a PACS shows the description in its series list, before anyone opens the object)."""
+    text = base if findings.for_clinical_use else base + NOT_FOR_CLINICAL_USE
+    if len(text) > 64:
+        raise ValueError(f"series description longer than 64 characters (LO): {text!r}")
+    return text
 
 
 def lobe_key(lobe: Lobe) -> str:
@@ -102,5 +122,6 @@ def findings_dict(findings: Findings) -> dict:
             "version": findings.model_version,
             "weights_sha256": findings.weights_sha256,
             "trained": findings.trained,
+            "caution": findings.caution,
         },
     }

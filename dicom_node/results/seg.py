@@ -38,7 +38,7 @@ import numpy as np
 from dicom_node.results import codes
 from dicom_node.results.colours import LOBE_RGB
 from dicom_node.results.equipment import MANUFACTURER, MODEL_NAME, software_version
-from dicom_node.results.findings import Findings
+from dicom_node.results.findings import Findings, series_description
 from dicom_node.results.functional_groups import number_of_frames
 from dicom_node.results.source import SourceSeries
 from dicom_node.results.uids import ResultIdentity, derived_uid
@@ -137,7 +137,7 @@ def build_seg(
         content_creator_name=None,
         omit_empty_frames=False,
     )
-    seg.SeriesDescription = "Lung lobes (M2UNet)"
+    seg.SeriesDescription = series_description("Lung lobes (M2UNet)", findings)
     # highdicom draws a random Dimension Organization UID; derive it so a rebuild is identical
     dimension_uid = derived_uid(identity.sop_instance_uid, "dimension organization")
     for item in seg.DimensionOrganizationSequence:

@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.results import codes
 from dicom_node.results.equipment import MANUFACTURER, MODEL_NAME
-from dicom_node.results.findings import Findings
+from dicom_node.results.findings import Findings, series_description
 from dicom_node.results.source import SourceSeries
 from dicom_node.results.uids import ResultIdentity
 from m2unet.labels import Lobe
@@ -140,6 +140,6 @@ def build_sr(
         is_final=False,
         is_verified=False,
     )
-    sr.SeriesDescription = "Lung lobes and COVID-19 severity (M2UNet)"
+    sr.SeriesDescription = series_description("Lung lobes and COVID-19 severity (M2UNet)", findings)
     sr.CodingSchemeIdentificationSequence = [codes.private_scheme_item()]
     return sr

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dicom_node.results.colours import LOBE_RGB
 from dicom_node.results.equipment import MANUFACTURER
-from dicom_node.results.findings import Findings
+from dicom_node.results.findings import Findings, series_description
 from dicom_node.results.source import SourceSeries
 from dicom_node.results.uids import ResultIdentity
 from m2unet.labels import Lobe
@@ -96,6 +96,8 @@ def render_summary(
     )
     if not findings.trained:
         draw.text((8, y + 18), "UNTRAINED WEIGHTS: these numbers are meaningless", fill=(255, 60, 60), font=font)
+    elif findings.caution:
+        draw.text((8, y + 18), findings.caution.upper()[:90], fill=(255, 60, 60), font=font)
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -147,7 +149,7 @@ def build_summary(
         patient_orientation=("L", "P"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
-    image.SeriesDescription = "Lung lobes and severity summary (M2UNet)"
+    image.SeriesDescription = series_description("Lung lobes and severity summary (M2UNet)", findings)
     image.BurnedInAnnotation = "YES"
     image.Laterality = ""  # General Series Type 2C; both lungs show, so no single laterality
     return image
