@@ -29,8 +29,9 @@ MAX_LOBE_SCORE = 5
 
 def lobe_severity_score(involvement_percent: float) -> int:
     """Pan et al. 2020 lobe score (0-5): the engine's :func:`m2unet.quantify.severity_score`, so
-    the phantom's truth and the node's measurement use one scale."""
-    return severity_score(involvement_percent)
+    the phantom's truth and the node's measurement use one scale; read literally (any lesion voxel
+    is involvement), since the phantom knows its lesions exactly and has no measurement noise."""
+    return severity_score(involvement_percent, none_below=0.0)
 
 
 def is_severe(total_score: int) -> bool:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m2unet.labels import Lobe
-from m2unet.quantify import VESSEL_RADIUS_MM, OpacityBand, quantify, severity_score
+from m2unet.quantify import NO_INVOLVEMENT_BELOW_PERCENT, VESSEL_RADIUS_MM, OpacityBand, quantify, severity_score
 from m2unet.volume import Volume
 
 SPACING = (0.5, 0.8, 2.5)  # one voxel = 1 mm3 = 0.001 mL
@@ -34,7 +34,13 @@ def build(percentages, per_lobe=200):
     [(0, 0), (0.01, 1), (4.99, 1), (5, 2), (25, 2), (25.01, 3), (26, 3), (49, 3), (49.99, 3),
      (50, 4), (75, 4), (75.01, 5), (100, 5)],
 )
-def test_severity_score_boundaries(percent, score):
+def test_severity_score_boundaries_read_literally(percent, score):
+    assert severity_score(percent, none_below=0) == score
+
+
+@pytest.mark.parametrize("percent, score", [(0, 0), (0.5, 0), (0.99, 0), (1.0, 1), (4.99, 1), (5, 2), (100, 5)])
+def test_a_measured_involvement_below_the_noise_floor_is_none(percent, score):
+    assert NO_INVOLVEMENT_BELOW_PERCENT == 1.0
     assert severity_score(percent) == score
 
 
@@ -42,6 +48,8 @@ def test_severity_score_refuses_nonsense():
     for bad in (-1, 101, float("nan")):
         with pytest.raises(ValueError, match="opacity_percent"):
             severity_score(bad)
+    with pytest.raises(ValueError, match="none_below"):
+        severity_score(3.0, none_below=5.0)
 
 
 def test_quantify_hand_built_volume():
