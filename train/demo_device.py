@@ -3,7 +3,7 @@
 On the GPU machine (16 CPU cores beside the card), one command does everything::
 
     python -m train.demo_device run --out $OUT --minutes 7 --workers 12 \\
-        --trainer a='{}' --trainer b='{"patch_size": 96, "bag_size": 48, "bags_per_step": 6}'
+        --trainer a='{"patch_size": 128, "bag_size": 32, "bags_per_step": 8}' --trainer b='{}'
 
 * a pool of ``--workers`` processes renders training phantoms (:func:`train.demo.make_demo_phantom`,
   seeds from 0, two in five severe) and prepares them on the recipe's grid
