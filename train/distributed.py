@@ -9,6 +9,8 @@ writes checkpoints, weights and reports.
 
 from __future__ import annotations
 
+import gc
+
 import os
 from dataclasses import dataclass
 
@@ -90,5 +92,9 @@ def all_reduce_max(value: float, context: DistributedContext) -> float:
 
 
 def shutdown(context: DistributedContext) -> None:
+    """Leave the process group together: a barrier first, so that no process tears its
+    connections down while another still waits on it (gloo aborts the waiting process then)."""
     if context.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()  # free what gloo's pending work still holds while the interpreter is whole

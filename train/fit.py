@@ -281,6 +281,7 @@ def fit(
         if bar is not None:
             bar.close()
 
+    del net  # the DDP wrapper and its reducer go now, not at interpreter exit
     if selected_epoch is not None and recipe.selection != "last" and (out_dir / SELECTED).exists():
         model.load_state_dict(torch.load(out_dir / SELECTED, map_location=device, weights_only=True))
     model.eval()
