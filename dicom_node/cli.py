@@ -141,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    purge = sub.add_parser(
+        "purge",
+        parents=common,
+        help="run a retention pass now ([retention]); --dry-run shows what it would delete",
+        description="Delete what [retention] says is due: received instances of series that are final and "
+        "delivered (received_days), result folders (results_days), stray outbox copies, old quarantined "
+        "files. The node runs the same pass every check_interval; this runs one now and is safe while "
+        "the node runs. --dry-run deletes nothing and lists what would go, and the series held back "
+        "because a result is not delivered.",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="delete nothing; list what the pass would delete")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = sub.add_parser("send-demo", parents=common, help="generate a synthetic chest CT and C-STORE it to a node")
     demo.add_argument("--host", default=None, help="node address (default: from the config, else 127.0.0.1)")
     demo.add_argument("--port", type=int, default=None, help="node port (default: [node] port)")
@@ -188,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         from dicom_node.status import print_status
 
         return print_status(args.config, as_json=args.json)
+    if cmd == "purge":
+        from dicom_node.purge import run_purge
+
+        return run_purge(args.config, dry_run=args.dry_run, as_json=args.json)
     if cmd == "send-demo":
         from dicom_node.demo import send_demo
 

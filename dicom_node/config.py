@@ -63,6 +63,15 @@ class SenderSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """What the node deletes, and when (see :mod:`dicom_node.retention`). 0 days: keep forever."""
+
+    received_days: float = 7.0  # received instances: days after the series is final and delivered
+    results_days: float = 30.0  # result folders and outbox copies: days after creation / delivery
+    check_interval: float = 3600.0  # seconds between two passes (one also runs at start-up)
+
+
+@dataclass(frozen=True)
 class Source:
     ae_title: str
     host: str | None = None
@@ -94,6 +103,7 @@ class NodeConfig:
     tls: TlsSettings = field(default_factory=TlsSettings)
     results: ResultsSettings = field(default_factory=ResultsSettings)
     sender: SenderSettings = field(default_factory=SenderSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     path: Path | None = None  # the file it was read from
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the whole parsed TOML
 
@@ -141,6 +151,12 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         retry_initial=float(snd.get("retry_initial", SenderSettings.retry_initial)),
         retry_max=float(snd.get("retry_max", SenderSettings.retry_max)),
     )
+    ret = doc.get("retention", {})
+    retention = RetentionSettings(
+        received_days=float(ret.get("received_days", RetentionSettings.received_days)),
+        results_days=float(ret.get("results_days", RetentionSettings.results_days)),
+        check_interval=float(ret.get("check_interval", RetentionSettings.check_interval)),
+    )
     m = doc.get("model", {})
     weights = m.get("weights")
     model = ModelSettings(
@@ -180,6 +196,7 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         tls=tls,
         results=results,
         sender=sender,
+        retention=retention,
         path=path,
         raw=doc,
     )

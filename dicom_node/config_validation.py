@@ -153,6 +153,32 @@ def _positive_number(value: Any) -> str | None:
     return None
 
 
+RETENTION_MAX_DAYS = 36500  # 100 years: anything longer is a typo (0 already means forever)
+RETENTION_MIN_INTERVAL = 60.0  # seconds; a pass reads the series and outbox tables
+
+
+def _retention_days(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of days (0: keep forever), not {_type_name(value)}"
+    if value != value or value in (float("inf"), float("-inf")):
+        return "must be a finite number of days (0: keep forever)"
+    if value < 0:
+        return "must not be negative (a number of days; 0: keep forever)"
+    if value > RETENTION_MAX_DAYS:
+        return f"must be at most {RETENTION_MAX_DAYS} days (use 0 to keep forever)"
+    return None
+
+
+def _retention_interval(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of seconds, not {_type_name(value)}"
+    if value != value or value == float("inf"):
+        return "must be a finite number of seconds"
+    if value < RETENTION_MIN_INTERVAL:
+        return f"must be at least {RETENTION_MIN_INTERVAL:g} seconds (each pass reads the whole job database)"
+    return None
+
+
 def _nonempty_string(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"must be a string, not {_type_name(value)}"
@@ -195,6 +221,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "results": {"summary_image": _boolean},
     "sender": {"retry_initial": _positive_number, "retry_max": _positive_number},
+    "retention": {
+        "received_days": _retention_days,
+        "results_days": _retention_days,
+        "check_interval": _retention_interval,
+    },
     "sources": {"ae_title": ae_title_problem, "host": host_problem, "series_timeout": _positive_number},
     "destinations": {
         "name": destination_name_problem,

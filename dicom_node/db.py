@@ -18,6 +18,14 @@ longer ``receiving`` re-opens it: state back to ``receiving``, ``version`` + 1, 
 then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
 version is ignored (see :func:`set_series_state`).
 
+Retention (:mod:`dicom_node.retention`) deletes the received instances of old, final, delivered
+series: their ``instances`` rows go, the ``series`` row stays with ``purged_at``,
+``purged_version`` (the version whose instances were deleted) and ``purged_instances``
+(``purge_started_at`` is set while a purge is under way, so an interrupted one is finished). A
+late instance re-opens a purged series like any other: the new version holds only the instances
+received since (``purged_version < version`` says so), and series selection skips it when they are
+too few. These columns are added to an existing database by :func:`connect` (``ALTER TABLE``).
+
 Durability: ``synchronous=NORMAL`` in WAL mode. A killed process loses no commit; a power cut may
 lose the last ones, which :func:`dicom_node.recovery.reconcile_spool` rebuilds from the spool files
 (fsynced before their rows are written) at start-up.
@@ -71,6 +79,15 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
 """
 
+# Columns added after the first release: (name, type). connect() adds the missing ones.
+ADDED_SERIES_COLUMNS = (
+    ("purged_at", "REAL"),  # retention deleted the instances of version purged_version at this time
+    ("purged_version", "INTEGER"),
+    ("purged_instances", "INTEGER"),  # how many instances that purge deleted
+    ("purge_started_at", "REAL"),  # a purge under way (files being deleted); NULL once finished
+)
+FINAL_STATES = ("done", "failed", "skipped")
+
 
 class SeriesState(str, enum.Enum):
     RECEIVING = "receiving"
@@ -94,6 +111,14 @@ class SeriesRecord:
     first_received: float = 0.0
     last_received: float = 0.0
     updated_at: float = 0.0
+    purged_at: float | None = None  # retention deleted the instances of purged_version then
+    purged_version: int | None = None  # < version: re-opened after the purge (only newer instances)
+    purged_instances: int | None = None
+
+    @property
+    def purged(self) -> bool:
+        """The current version's instances were deleted by retention."""
+        return self.purged_at is not None and self.purged_version == self.version
 
 
 @dataclass(frozen=True)
@@ -149,7 +174,26 @@ def connect(data_dir: str | Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with locked(conn):
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+    _add_missing_columns(conn)
     return conn
+
+
+def _series_columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(series)").fetchall()}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Migrate a database made by an older release: ``ALTER TABLE series ADD COLUMN`` for each
+    column of :data:`ADDED_SERIES_COLUMNS` it lacks (checked again inside the write transaction,
+    so concurrent connects do not add a column twice)."""
+    with locked(conn):
+        if {name for name, _ in ADDED_SERIES_COLUMNS} <= _series_columns(conn):
+            return
+        with write_transaction(conn):
+            have = _series_columns(conn)
+            for name, sql_type in ADDED_SERIES_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE series ADD COLUMN {name} {sql_type}")
 
 
 def data_dir_of(conn: sqlite3.Connection) -> Path:
@@ -179,6 +223,8 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _series_from_row(row) -> SeriesRecord:
+    names = row.keys()
+    optional = {name: row[name] for name in ("purged_at", "purged_version", "purged_instances") if name in names}
     return SeriesRecord(
         study_instance_uid=row["study_instance_uid"],
         series_instance_uid=row["series_instance_uid"],
@@ -190,6 +236,7 @@ def _series_from_row(row) -> SeriesRecord:
         first_received=row["first_received"],
         last_received=row["last_received"],
         updated_at=row["updated_at"],
+        **optional,
     )
 
 
@@ -415,3 +462,11 @@ def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
     counts = {s.value: 0 for s in SeriesState}
     counts.update({r["state"]: r["n"] for r in rows})
     return counts
+
+
+def purged_series_count(conn: sqlite3.Connection) -> int:
+    """Series whose current version's instances were deleted by retention."""
+    with locked(conn):
+        return conn.execute(
+            "SELECT COUNT(*) FROM series WHERE purged_at IS NOT NULL AND purged_version = version"
+        ).fetchone()[0]

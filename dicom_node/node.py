@@ -2,8 +2,11 @@
 
 Start-up: read the config (live, hot-reloaded), configure logging, open the database, put series
 left ``running`` by a dead process back in the queue, remove half-written spool files, record
-spool files whose database rows a power cut lost (:mod:`dicom_node.recovery`), then start the assembler (which re-arms timers for series still ``receiving``), the pipeline worker, the
-sender, and last the SCP, so that nothing is accepted before it can be handled.
+spool files whose database rows a power cut lost (:mod:`dicom_node.recovery`), finish retention
+purges a crash interrupted and remove folders earlier purges emptied (:mod:`dicom_node.retention`),
+then start the assembler (which re-arms timers for series still ``receiving``), the pipeline
+worker, the sender, the retention job (a pass at start-up, then every ``[retention]
+check_interval``), and last the SCP, so that nothing is accepted before it can be handled.
 
 SIGTERM / SIGINT: stop accepting (the SCP first, letting running associations finish), then stop
 the assembler, pipeline and sender (each persists or finishes its work: every state is in the
@@ -27,6 +30,8 @@ from dicom_node.logs import configure_logging
 from dicom_node.pipeline import PipelineWorker
 from dicom_node.receive import Receiver
 from dicom_node.recovery import reconcile_spool
+from dicom_node.retention import remove_empty_folders, resume_interrupted_purges
+from dicom_node.retention_worker import RetentionWorker, note_late_instance
 from dicom_node.scp import StorageSCP
 from dicom_node.sender import Sender
 from dicom_node.spool import Spool
@@ -52,11 +57,15 @@ class Node:
         self.spool = Spool(self.data_dir)
         swept = self.spool.sweep()
         recovered = reconcile_spool(self.conn, self.spool)
+        resumed = resume_interrupted_purges(self.conn, self.data_dir)
+        emptied = remove_empty_folders(self.data_dir)  # now, before the spool writes: see retention
         log.info(
             "state_opened",
             requeued_series=requeued,
             removed_partial_files=swept,
             recovered_instances=recovered,
+            resumed_purges=resumed,
+            removed_empty_folders=emptied,
             counts=db.state_counts(self.conn),
         )
         ssl_context = None
@@ -70,22 +79,29 @@ class Node:
         self.scp = StorageSCP(
             provider,
             Receiver(self.conn, self.spool, impl_uid, impl_version),
-            on_instance=self.assembler.instance_arrived,
+            on_instance=self._instance_arrived,
             ssl_context=ssl_context,
         )
         self.pipeline = PipelineWorker(live_config)
         self.sender = Sender(live_config)
+        self.retention = RetentionWorker(live_config)
+
+    def _instance_arrived(self, record: db.RecordResult) -> None:
+        note_late_instance(record)
+        self.assembler.instance_arrived(record)
 
     def start(self) -> None:
         self.live_config.start()
         self.assembler.start()
         self.pipeline.start()
         self.sender.start()
+        self.retention.start()
         self.scp.start()
 
     def stop(self) -> None:
         steps = [
             ("scp", self.scp.stop),
+            ("retention", self.retention.stop),
             ("assembler", self.assembler.stop),
             ("pipeline", self.pipeline.stop),
             ("sender", self.sender.stop),

@@ -1,8 +1,19 @@
-"""``m2unet-node status [--json]``: series received, queued, running, done, failed; pending deliveries.
+"""``m2unet-node status [--json]``: series received, queued, running, done, failed; pending deliveries;
+disk use and retention.
 
-JSON: ``{"data_dir", "counts": {state: n}, "series": [...], "deliveries": {...}}`` where each series
-has ``study_instance_uid``, ``series_instance_uid``, ``calling_ae``, ``instances``, ``state``,
-``reason``, ``version``, ``first_received``, ``last_received`` (UTC, ISO 8601); ``deliveries`` is the
+JSON: ``{"data_dir", "counts": {state: n}, "series": [...], "deliveries": {...}, "disk": {...},
+"retention": {...}}`` where each series has ``study_instance_uid``, ``series_instance_uid``,
+``calling_ae``, ``instances``, ``state``, ``reason``, ``version``, ``first_received``,
+``last_received`` (UTC, ISO 8601) and ``purged_at`` (UTC; null unless retention deleted the
+received instances of version ``purged_version``, ``purged_instances`` of them; ``purged`` is true
+when that is the current version, and a ``purged_version`` below ``version`` means the series was
+re-opened by later instances and holds only those); ``disk`` is ``used_bytes`` under data_dir with
+``spool_bytes``, ``results_bytes``, ``outbox_bytes``, ``quarantine_bytes``, ``database_bytes``,
+``other_bytes``, and the file system's ``free_bytes`` and ``total_bytes``; ``retention`` is the
+``[retention]`` settings (``received_days``, ``results_days``: 0 keeps forever;
+``check_interval`` seconds), ``purged_series`` (series whose current version's instances were
+deleted), ``purged_result_sets`` and ``last_pass`` (the node's last pass: ``finished_at`` and its
+counts; null before the first). ``deliveries`` is the
 results' ``delivery_summary`` (pending, failed, delivered, orphaned and the items not yet
 delivered) when the results part is installed, plus ``not_configured``: ``{destination: objects}``
 for items waiting (pending or orphaned) for a destination that is not in the config read by
@@ -18,12 +29,29 @@ import sys
 from datetime import datetime, timezone
 
 from dicom_node import db
-from dicom_node.config import ConfigError, load_config
+from dicom_node.config import ConfigError, RetentionSettings, load_config
 from dicom_node.outbox import PENDING, WAITING, delivery_summary
+from dicom_node.disk_use import disk_use
+from dicom_node.retention import last_pass, purged_result_sets
 
 
 def _iso(ts: float) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _days(days: float) -> str:
+    return "forever" if days <= 0 else f"{days:g} day{'s' if days != 1 else ''}"
 
 
 def _deliveries(conn: sqlite3.Connection, configured: list[str] | None) -> dict:
@@ -31,6 +59,9 @@ def _deliveries(conn: sqlite3.Connection, configured: list[str] | None) -> dict:
         summary = delivery_summary(conn)
     except sqlite3.Error as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+    purged = purged_result_sets(conn)
+    if purged and summary.get("kept"):  # result sets retention removed are no longer on disk
+        summary["kept"] = [k for k in summary["kept"] if (k.get("series_instance_uid"), k.get("version")) not in purged]
     if configured is not None:
         names = set(configured)
         waiting: dict[str, int] = {}
@@ -41,8 +72,28 @@ def _deliveries(conn: sqlite3.Connection, configured: list[str] | None) -> dict:
     return summary
 
 
-def collect_status(conn: sqlite3.Connection, configured: list[str] | None = None) -> dict:
-    """The status document; ``configured``: the destination names of the config (None: unknown)."""
+def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None) -> dict:
+    out: dict = {}
+    if settings is not None:
+        out.update(
+            received_days=settings.received_days,
+            results_days=settings.results_days,
+            check_interval=settings.check_interval,
+        )
+    out["purged_series"] = db.purged_series_count(conn)
+    out["purged_result_sets"] = len(purged_result_sets(conn))
+    last = last_pass(conn)
+    if last is not None:
+        last["finished_at"] = _iso(last["finished_at"])
+    out["last_pass"] = last
+    return out
+
+
+def collect_status(
+    conn: sqlite3.Connection, configured: list[str] | None = None, retention: RetentionSettings | None = None
+) -> dict:
+    """The status document; ``configured``: the destination names of the config (None: unknown);
+    ``retention``: the config's ``[retention]`` (None: unknown, only the database's counts)."""
     series = [
         {
             "study_instance_uid": s.study_instance_uid,
@@ -54,23 +105,77 @@ def collect_status(conn: sqlite3.Connection, configured: list[str] | None = None
             "version": s.version,
             "first_received": _iso(s.first_received),
             "last_received": _iso(s.last_received),
+            "purged": s.purged,
+            "purged_at": _iso(s.purged_at) if s.purged_at else None,
+            "purged_version": s.purged_version,
+            "purged_instances": s.purged_instances,
         }
         for s in db.list_series(conn)
     ]
+    data_dir = db.data_dir_of(conn)
     return {
-        "data_dir": str(db.data_dir_of(conn)),
+        "data_dir": str(data_dir),
         "counts": db.state_counts(conn),
         "series": series,
         "deliveries": _deliveries(conn, configured),
+        "disk": disk_use(data_dir),
+        "retention": _retention(conn, retention),
     }
+
+
+def _disk_line(disk: dict) -> str:
+    parts = ", ".join(
+        f"{area} {human_bytes(disk.get(f'{area}_bytes'))}" for area in ("spool", "results", "outbox", "quarantine", "database")
+    )
+    line = f"disk: data_dir uses {human_bytes(disk.get('used_bytes'))} ({parts})"
+    if disk.get("free_bytes") is not None:
+        line += f"; {human_bytes(disk['free_bytes'])} free of {human_bytes(disk.get('total_bytes'))}"
+    return line
+
+
+def _retention_lines(r: dict) -> list[str]:
+    lines = []
+    if "received_days" in r:
+        interval = r["check_interval"]
+        every = f"{interval / 3600:g} h" if interval >= 3600 else f"{interval / 60:g} min"
+        lines.append(
+            f"retention: received instances kept {_days(r['received_days'])} after their series is final and "
+            f"delivered; results kept {_days(r['results_days'])}; checked every {every}"
+        )
+    line = f"retention: {r.get('purged_series', 0)} series purged (received instances deleted)"
+    if r.get("purged_result_sets"):
+        line += f", {r['purged_result_sets']} result sets removed"
+    last = r.get("last_pass")
+    if last:
+        line += (
+            f"; last pass {last['finished_at']}: {last['series_purged']} series, {last['files_deleted']} files, "
+            f"{human_bytes(last['bytes_freed'])} freed"
+        )
+        if last.get("held_series"):
+            line += f", {last['held_series']} series held (results not delivered)"
+    lines.append(line)
+    return lines
+
+
+def _purge_note(s: dict) -> str | None:
+    if not s.get("purged_at"):
+        return None
+    if s.get("purged"):
+        return f"purged: {s.get('purged_instances') or 0} received instances deleted {s['purged_at']} (retention)"
+    return (
+        f"re-opened after purge: the instances of v{s.get('purged_version')} were deleted {s['purged_at']}; "
+        f"v{s['version']} holds only instances received since (re-send the whole series to process it again)"
+    )
 
 
 def format_status(status: dict) -> str:
     counts = status["counts"]
-    lines = [
-        f"data_dir: {status['data_dir']}",
-        "series: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-    ]
+    lines = [f"data_dir: {status['data_dir']}"]
+    if status.get("disk"):
+        lines.append(_disk_line(status["disk"]))
+    if status.get("retention"):
+        lines += _retention_lines(status["retention"])
+    lines.append("series: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if status["series"]:
         lines.append("")
         lines.append(f"{'state':<10} {'instances':>9}  {'calling AE':<16} series / reason")
@@ -78,6 +183,9 @@ def format_status(status: dict) -> str:
             lines.append(f"{s['state']:<10} {s['instances']:>9}  {s['calling_ae']:<16} {s['series_instance_uid']}")
             if s["reason"]:
                 lines.append(f"{'':<38} reason: {s['reason']}")
+            note = _purge_note(s)
+            if note:
+                lines.append(f"{'':<38} {note}")
     d = status["deliveries"]
     if d:
         lines.append("")
@@ -121,7 +229,7 @@ def print_status(config_path, as_json: bool = False) -> int:
         return 2
     conn = db.connect(config.node.data_dir)
     try:
-        status = collect_status(conn, [d.name for d in config.destinations])
+        status = collect_status(conn, [d.name for d in config.destinations], config.retention)
     finally:
         conn.close()
     print(json.dumps(status, indent=2) if as_json else format_status(status))
