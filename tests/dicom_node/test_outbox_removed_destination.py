@@ -22,6 +22,7 @@ from dicom_node.live_config import LiveConfig
 from dicom_node.sender import Sender
 from dicom_node.status import collect_status, format_status, print_status
 from tests.support.results_data import StaticConfig, destination, node_config, outbox_objects, small_case
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +62,6 @@ def scp(objects):
     yield server
     server.stop()
 
-
-def _wait(predicate, timeout: float = 30.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def _outbox_files(data_dir: Path) -> set[str]:
@@ -194,10 +186,10 @@ def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp,
     check = db.connect(data_dir)
     try:
         outbox.enqueue(check, objects, ["pacs"])
-        assert _wait(lambda: min(i["attempts"] for i in outbox.delivery_summary(check)["items"]) >= 1)
+        assert wait_until(lambda: min(i["attempts"] for i in outbox.delivery_summary(check)["items"]) >= 1)
 
         remove_destination(config_path, "pacs")
-        assert _wait(lambda: outbox.delivery_summary(check)["orphaned"] == 3)
+        assert wait_until(lambda: outbox.delivery_summary(check)["orphaned"] == 3)
         summary = outbox.delivery_summary(check)
         assert summary["pending"] == 0
         assert all("'pacs' removed from the configuration" in i["last_error"] for i in summary["items"])
@@ -206,7 +198,7 @@ def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp,
         assert outbox.delivery_summary(check)["orphaned"] == 3 and scp.stored == []
 
         add_destination(config_path, "pacs", "PACS", "127.0.0.1", scp.port)  # back, now reachable
-        assert _wait(lambda: outbox.delivery_summary(check)["delivered"] == 3)
+        assert wait_until(lambda: outbox.delivery_summary(check)["delivered"] == 3)
         assert sorted(scp.stored) == sorted(o.sop_instance_uid for o in objects)
         summary = outbox.delivery_summary(check)
         assert (summary["pending"], summary["orphaned"], summary["failed"]) == (0, 0, 0)

@@ -13,6 +13,7 @@ from dicom_node import db, outbox
 from dicom_node.sender import Sender, classify_status
 from tests.support.orthanc import OrthancServer, free_port, orthanc_available
 from tests.support.results_data import StaticConfig, destination, node_config, outbox_objects, small_case
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +25,6 @@ def case(tmp_path_factory):
 def data_dir(tmp_path):
     return tmp_path / "data"
 
-
-def _wait(predicate, timeout: float = 30.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
 
 
 def test_status_classes():
@@ -82,14 +74,14 @@ def test_pacs_down_then_back_gets_everything_once(case, data_dir, tmp_path):
     sender.start()
     try:
         check = db.connect(data_dir)
-        summary = _wait(lambda: (s := outbox.delivery_summary(check)) and min(i["attempts"] for i in s["items"]) >= 2 and s)
+        summary = wait_until(lambda: (s := outbox.delivery_summary(check)) and min(i["attempts"] for i in s["items"]) >= 2 and s)
         assert summary["pending"] == 3 and summary["delivered"] == 0
         assert all(i["last_error"] for i in summary["items"])
         sender.stop()  # a restart while the PACS is down: the schedule is in the database
         sender = Sender(StaticConfig(config))
         sender.start()
         pacs.start()
-        assert _wait(lambda: outbox.delivery_summary(check)["delivered"] == 3)
+        assert wait_until(lambda: outbox.delivery_summary(check)["delivered"] == 3)
         assert set(pacs.instances_by_sop_uid()) == {o.sop_instance_uid for o in objects}
         assert pacs.statistics()["CountInstances"] == 3
         check.close()
