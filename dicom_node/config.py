@@ -115,7 +115,9 @@ def resolve_config_path(cli_path: str | os.PathLike | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def _resolve_path(value: str, config_dir: Path) -> Path:
+def resolve_path(value: str, config_dir: Path) -> Path:
+    """A path as the config gives it: absolute as is; relative to the current folder when it
+    exists there (or exists nowhere), else relative to the config's folder."""
     p = Path(value).expanduser()
     if p.is_absolute() or (Path.cwd() / p).exists() or not (config_dir / p).exists():
         return p if p.is_absolute() else Path.cwd() / p
@@ -125,12 +127,16 @@ def _resolve_path(value: str, config_dir: Path) -> Path:
 def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
     """Build a :class:`NodeConfig` from a parsed TOML document (values assumed validated)."""
     config_dir = path.parent if path else Path.cwd()
+
+    def optional_path(entry: dict, key: str) -> Path | None:
+        return resolve_path(entry[key], config_dir) if entry.get(key) else None
+
     n = doc.get("node", {})
     node = NodeSettings(
         ae_title=n.get("ae_title", NodeSettings.ae_title),
         host=n.get("host", NodeSettings.host),
         port=int(n.get("port", NodeSettings.port)),
-        data_dir=_resolve_path(n.get("data_dir", "var"), config_dir),
+        data_dir=resolve_path(n.get("data_dir", "var"), config_dir),
         series_timeout=float(n.get("series_timeout", NodeSettings.series_timeout)),
         reject_unknown_sources=bool(n.get("reject_unknown_sources", True)),
         accept_other_storage=bool(n.get("accept_other_storage", False)),
@@ -139,9 +145,9 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
     t = doc.get("tls", {})
     tls = TlsSettings(
         enabled=bool(t.get("enabled", False)),
-        certificate=_resolve_path(t["certificate"], config_dir) if t.get("certificate") else None,
-        private_key=_resolve_path(t["private_key"], config_dir) if t.get("private_key") else None,
-        ca_certificates=_resolve_path(t["ca_certificates"], config_dir) if t.get("ca_certificates") else None,
+        certificate=optional_path(t, "certificate"),
+        private_key=optional_path(t, "private_key"),
+        ca_certificates=optional_path(t, "ca_certificates"),
         require_client_certificate=bool(t.get("require_client_certificate", True)),
     )
     r = doc.get("results", {})
@@ -158,9 +164,8 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         check_interval=float(ret.get("check_interval", RetentionSettings.check_interval)),
     )
     m = doc.get("model", {})
-    weights = m.get("weights")
     model = ModelSettings(
-        weights=_resolve_path(weights, config_dir) if weights else None,
+        weights=optional_path(m, "weights"),
         device=m.get("device", "auto"),
     )
     sources = tuple(
@@ -171,9 +176,6 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
         )
         for s in doc.get("sources", [])
     )
-    def optional_path(entry: dict, key: str) -> Path | None:
-        return _resolve_path(entry[key], config_dir) if entry.get(key) else None
-
     destinations = tuple(
         Destination(
             name=d["name"],

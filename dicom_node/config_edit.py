@@ -29,7 +29,7 @@ from typing import Any
 
 import tomlkit
 
-from dicom_node.config import NodeConfig, _resolve_path, parse_config, read_config_text
+from dicom_node.config import NodeConfig, parse_config, read_config_text, resolve_path
 from dicom_node.config_validation import (
     MISSING,
     Problem,
@@ -378,7 +378,7 @@ def add_destination(
             entry["tls"] = True
             for key, value in tls_files.items():
                 if value is not None:
-                    entry[key] = str(_resolve_path(str(value), config_dir).absolute())
+                    entry[key] = str(resolve_path(str(value), config_dir).absolute())
             if tls_verify_hostname is not None and not tls_verify_hostname:
                 entry["tls_verify_hostname"] = False
         return entry, []

@@ -265,9 +265,9 @@ def _check_table(prefix: str, table: dict, checks: dict[str, Check]) -> list[Pro
 
 
 def _resolve(value: str, config_dir: Path | None) -> Path:
-    from dicom_node.config import _resolve_path
+    from dicom_node.config import resolve_path
 
-    return _resolve_path(value, config_dir if config_dir is not None else Path.cwd())
+    return resolve_path(value, config_dir if config_dir is not None else Path.cwd())
 
 
 def _file_problem(key: str, value: Any, config_dir: Path | None) -> Problem | None:

@@ -8,7 +8,10 @@ import shutil
 from pathlib import Path
 
 from dicom_node import db
-from dicom_node.retention import OUTBOX_DIR, QUARANTINE_DIR, RESULTS_DIR, SPOOL_DIR
+from dicom_node.outbox import OUTBOX_DIR
+from dicom_node.recovery import QUARANTINE_DIRNAME
+from dicom_node.results.records import RESULTS_DIR
+from dicom_node.spool import SPOOL_DIRNAME
 
 
 def disk_use(data_dir: str | Path) -> dict:
@@ -16,7 +19,7 @@ def disk_use(data_dir: str | Path) -> dict:
     free and total bytes."""
     data_dir = Path(data_dir)
     seen: set[tuple[int, int]] = set()
-    areas = {SPOOL_DIR: 0, RESULTS_DIR: 0, OUTBOX_DIR: 0, QUARANTINE_DIR: 0, "database": 0, "other": 0}
+    areas = {SPOOL_DIRNAME: 0, RESULTS_DIR: 0, OUTBOX_DIR: 0, QUARANTINE_DIRNAME: 0, "database": 0, "other": 0}
     if data_dir.is_dir():
         for root, _dirs, files in os.walk(data_dir):
             rel = Path(root).relative_to(data_dir).parts

@@ -51,6 +51,7 @@ Logs carry UIDs and counts only: ``series_purged``, ``results_purged``, ``retent
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -62,13 +63,14 @@ import structlog
 
 from dicom_node import db
 from dicom_node.config import RetentionSettings
+from dicom_node.outbox import DELIVERED, OUTBOX_DIR, WAITING
+from dicom_node.recovery import QUARANTINE_DIRNAME
+from dicom_node.results.records import RESULTS_DIR, result_folder
+from dicom_node.spool import SPOOL_DIRNAME, fsync_dir
 
 log = structlog.get_logger()
 
 DAY_SECONDS = 86400.0
-SPOOL_DIR, RESULTS_DIR, OUTBOX_DIR, QUARANTINE_DIR = "spool", "results", "outbox", "quarantine"
-DELIVERED = "delivered"
-WAITING_STATES = ("pending", "orphaned")
 ACTIVE_STATES = ("queued", "running")  # a result folder of the version being (re)built is left alone
 
 SCHEMA = """
@@ -207,16 +209,6 @@ def _inside(data_dir: Path, relative: str, area: str) -> Path | None:
     return data_dir / relative
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 class _Deleter:
     """Deletes (or, dry, only measures) files; counts files and the bytes freed."""
@@ -261,7 +253,13 @@ class _Deleter:
                     _rmdir(Path(root) / name)
         if not self.dry_run:
             _rmdir(folder)
-            _fsync_dir(folder.parent)
+            _sync(folder.parent)
+
+
+def _sync(folder: Path) -> None:
+    """:func:`dicom_node.spool.fsync_dir`, where a folder already gone needs nothing."""
+    with contextlib.suppress(OSError):
+        fsync_dir(folder)
 
 
 def _rmdir(folder: Path) -> bool:
@@ -311,6 +309,15 @@ def _undelivered_rows(conn: sqlite3.Connection, series_instance_uid: str) -> int
     ).fetchone()[0]
 
 
+def _purgeable(marks: str) -> str:
+    """The SQL condition (on ``series s``) of a series whose received instances may go: final,
+    no purge under way, some instances left. ``marks``: placeholders for :data:`db.FINAL_STATES`."""
+    return (
+        f"s.state IN ({marks}) AND s.purge_started_at IS NULL"
+        " AND EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = s.series_instance_uid)"
+    )
+
+
 def due_series(conn: sqlite3.Connection, received_days: float, now: float) -> tuple[list[db.SeriesRecord], list[HeldSeries]]:
     """Series whose received instances are due for deletion, and those held back by deliveries."""
     cutoff = _cutoff(received_days, now)
@@ -319,9 +326,7 @@ def due_series(conn: sqlite3.Connection, received_days: float, now: float) -> tu
     marks = ",".join("?" * len(db.FINAL_STATES))
     with db.locked(conn):
         rows = conn.execute(
-            f"SELECT * FROM series s WHERE s.state IN ({marks}) AND s.updated_at <= ? AND s.purge_started_at IS NULL"
-            " AND EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = s.series_instance_uid)"
-            " ORDER BY s.updated_at",
+            f"SELECT * FROM series s WHERE {_purgeable(marks)} AND s.updated_at <= ? ORDER BY s.updated_at",
             (*db.FINAL_STATES, cutoff),
         ).fetchall()
     if not rows:
@@ -347,9 +352,7 @@ def _begin_purge(conn: sqlite3.Connection, series: db.SeriesRecord, now: float) 
     marks = ",".join("?" * len(db.FINAL_STATES))
     with db.write_transaction(conn):
         row = conn.execute(
-            f"SELECT version FROM series s WHERE series_instance_uid = ? AND version = ? AND state IN ({marks})"
-            " AND purge_started_at IS NULL"
-            " AND EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = s.series_instance_uid)",
+            f"SELECT version FROM series s WHERE series_instance_uid = ? AND version = ? AND {_purgeable(marks)}",
             (series.series_instance_uid, series.version, *db.FINAL_STATES),
         ).fetchone()
         if row is None or _undelivered_rows(conn, series.series_instance_uid):
@@ -373,13 +376,13 @@ def _purge_files(conn: sqlite3.Connection, data_dir: Path, series_instance_uid: 
         ).fetchall()
     folders = set()
     for row in rows:
-        path = _inside(data_dir, row["path"], SPOOL_DIR)
+        path = _inside(data_dir, row["path"], SPOOL_DIRNAME)
         if path is not None:
             deleter.remove(path)
             folders.add(path.parent)
     if not deleter.dry_run:
         for folder in folders:
-            _fsync_dir(folder)  # the deletions are durable before the rows go (no resurrection)
+            _sync(folder)  # the deletions are durable before the rows go (no resurrection)
     return [row["sop_instance_uid"] for row in rows]
 
 
@@ -394,7 +397,7 @@ def _finish_purge(conn: sqlite3.Connection, data_dir: Path, series_instance_uid:
             ).fetchone()
             if row is None:
                 continue
-            path = _inside(data_dir, row["path"], SPOOL_DIR)
+            path = _inside(data_dir, row["path"], SPOOL_DIRNAME)
             if path is not None and path.exists():
                 continue
             conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop,))
@@ -540,8 +543,6 @@ def _stray_result_folders(conn: sqlite3.Connection, data_dir: Path, cutoff: floa
     if _has_table(conn, "results"):
         with db.locked(conn):
             known = {r[0] for r in conn.execute("SELECT folder FROM results").fetchall()}
-    from dicom_node.results.records import result_folder
-
     busy = {
         result_folder(data_dir, s.study_instance_uid, s.series_instance_uid, s.version)
         for s in db.list_series(conn, states=ACTIVE_STATES)
@@ -570,7 +571,7 @@ def _outbox_strays(conn: sqlite3.Connection, data_dir: Path, cutoff: float) -> l
                 r[0]: (r[1] or 0, r[2] or 0.0)
                 for r in conn.execute(
                     "SELECT path, SUM(state IN (?, ?)), MAX(COALESCE(delivered_at, created_at)) FROM outbox GROUP BY path",
-                    WAITING_STATES,
+                    WAITING,
                 ).fetchall()
             }
     stray = []
@@ -642,7 +643,7 @@ def apply_retention(
     received_cutoff = _cutoff(settings.received_days, now)
     if received_cutoff is not None and not stopping():
         deleter = _Deleter(dry_run)
-        for path in _old_files(data_dir / QUARANTINE_DIR, received_cutoff):
+        for path in _old_files(data_dir / QUARANTINE_DIRNAME, received_cutoff):
             deleter.remove(path)
         report.quarantine_files, report.bytes_freed = deleter.files, report.bytes_freed + deleter.bytes
         report.errors += deleter.errors
@@ -725,7 +726,7 @@ def remove_empty_folders(data_dir: str | Path) -> int:
     Returns how many folders were removed.
     """
     removed = 0
-    for area in (SPOOL_DIR, RESULTS_DIR):
+    for area in (SPOOL_DIRNAME, RESULTS_DIR):
         root = Path(data_dir) / area
         if not root.is_dir():
             continue

@@ -32,7 +32,8 @@ def content_digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (files created, renamed or deleted in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -65,7 +66,7 @@ class Spool:
                 d.mkdir()
             except FileExistsError:
                 pass
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
         self._known_dirs.add(folder)
 
     def write(self, path: Path, chunks: list[bytes | memoryview]) -> None:
@@ -91,7 +92,7 @@ class Spool:
             except OSError:
                 pass
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     def remove(self, path: Path) -> None:
         """Remove a file the database no longer refers to (missing is fine)."""

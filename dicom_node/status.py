@@ -54,12 +54,11 @@ def _days(days: float) -> str:
     return "forever" if days <= 0 else f"{days:g} day{'s' if days != 1 else ''}"
 
 
-def _deliveries(conn: sqlite3.Connection, configured: list[str] | None) -> dict:
+def _deliveries(conn: sqlite3.Connection, configured: list[str] | None, purged: set[tuple[str, int]]) -> dict:
     try:
         summary = delivery_summary(conn)
     except sqlite3.Error as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
-    purged = purged_result_sets(conn)
     if purged and summary.get("kept"):  # result sets retention removed are no longer on disk
         summary["kept"] = [k for k in summary["kept"] if (k.get("series_instance_uid"), k.get("version")) not in purged]
     if configured is not None:
@@ -72,7 +71,7 @@ def _deliveries(conn: sqlite3.Connection, configured: list[str] | None) -> dict:
     return summary
 
 
-def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None) -> dict:
+def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None, purged: set[tuple[str, int]]) -> dict:
     out: dict = {}
     if settings is not None:
         out.update(
@@ -81,7 +80,7 @@ def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None) -> 
             check_interval=settings.check_interval,
         )
     out["purged_series"] = db.purged_series_count(conn)
-    out["purged_result_sets"] = len(purged_result_sets(conn))
+    out["purged_result_sets"] = len(purged)
     last = last_pass(conn)
     if last is not None:
         last["finished_at"] = _iso(last["finished_at"])
@@ -113,13 +112,14 @@ def collect_status(
         for s in db.list_series(conn)
     ]
     data_dir = db.data_dir_of(conn)
+    purged = purged_result_sets(conn)  # result sets retention removed: not kept any more
     return {
         "data_dir": str(data_dir),
         "counts": db.state_counts(conn),
         "series": series,
-        "deliveries": _deliveries(conn, configured),
+        "deliveries": _deliveries(conn, configured, purged),
         "disk": disk_use(data_dir),
-        "retention": _retention(conn, retention),
+        "retention": _retention(conn, retention, purged),
     }
 
 

@@ -23,6 +23,7 @@ from dicom_node.results.sr import build_sr
 from dicom_node.results.stamp import stamp
 from dicom_node.results.summary import build_summary
 from dicom_node.results.uids import ResultKind, result_identity
+from dicom_node.spool import fsync_dir
 
 FILE_NAMES = {ResultKind.SEG: "seg.dcm", ResultKind.SR: "sr.dcm", ResultKind.SUMMARY: "summary.dcm"}
 
@@ -82,7 +83,7 @@ def write_result_set(result_set: ResultSet, folder: Path) -> dict[ResultKind, Pa
         path = folder / FILE_NAMES[kind]
         write_dataset(dataset, path)
         written[kind] = path
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return written
 
 
@@ -94,10 +95,3 @@ def write_dataset(dataset: Dataset, path: Path) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

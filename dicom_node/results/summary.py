@@ -26,6 +26,7 @@ PANEL = 256
 TABLE_HEIGHT = 230
 WINDOW_LEVEL, WINDOW_WIDTH = -600.0, 1500.0
 OVERLAY_ALPHA = 0.4
+WARNING_RGB = (255, 60, 60)  # the line saying the numbers are not for clinical use
 
 
 def key_slices(lobe_map: np.ndarray) -> list[int]:
@@ -95,9 +96,9 @@ def render_summary(
         font=small,
     )
     if not findings.trained:
-        draw.text((8, y + 18), "UNTRAINED WEIGHTS: these numbers are meaningless", fill=(255, 60, 60), font=font)
+        draw.text((8, y + 18), "UNTRAINED WEIGHTS: these numbers are meaningless", fill=WARNING_RGB, font=font)
     elif findings.caution:
-        draw.text((8, y + 18), findings.caution.upper()[:90], fill=(255, 60, 60), font=font)
+        draw.text((8, y + 18), findings.caution.upper()[:90], fill=WARNING_RGB, font=font)
     return np.asarray(canvas, dtype=np.uint8)
 
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pydicom
 
 from dicom_node.results.build import build_result_set, write_result_set
 from dicom_node.results.findings import NOT_FOR_CLINICAL_USE, findings_from
-from dicom_node.results.summary import PANEL, render_summary
 from m2unet.phantom import make_phantom
 from m2unet.predictor import Predictor
 from m2unet.quantify import quantify
 from m2unet.weights import WeightsMetadata, load_weights, random_weights, save_weights
-from tests.support.results_data import CREATED, small_case
+from tests.support.results_data import CREATED, small_case, warning_pixels
 
 CAUTION = "Demo weights, synthetic training only: not for clinical use"
 
@@ -42,14 +40,8 @@ def test_every_result_series_is_marked_when_the_weights_carry_a_caution(tmp_path
 
 def test_the_summary_image_prints_the_caution_in_red(tmp_path):
     case = small_case(tmp_path / "case", slices=16, size=128)
-    red = np.asarray((255, 60, 60), np.uint8)
-
-    def red_pixels(findings):
-        pixels = render_summary(case.reconstructed.volume.hu, case.lobe_map, findings)
-        return int((pixels[PANEL:] == red).all(axis=-1).sum())
-
-    assert red_pixels(case.findings) == 0
-    assert red_pixels(replace(case.findings, caution=CAUTION)) >= 10
+    assert warning_pixels(case, case.findings) == 0
+    assert warning_pixels(case, replace(case.findings, caution=CAUTION)) >= 10
 
 
 def test_the_caution_travels_from_the_weights_file_to_the_findings(tmp_path):

@@ -12,7 +12,7 @@ from dicom_node.results.summary import PANEL, key_slices, render_summary
 from dicom_node.results.uids import ResultKind
 from m2unet.labels import Lobe
 from tests.support.paths import REAL_CT
-from tests.support.results_data import CREATED, dciodvfy_errors, real_ct_case
+from tests.support.results_data import CREATED, dciodvfy_errors, real_ct_case, warning_pixels
 
 pytestmark = pytest.mark.skipif(not REAL_CT.exists(), reason="shared/data/real-ct is absent")
 
@@ -65,11 +65,5 @@ def test_summary_can_be_switched_off(case):
 def test_untrained_weights_are_flagged_on_the_image(case):
     from dataclasses import replace
 
-    red = np.asarray((255, 60, 60), np.uint8)
-
-    def red_pixels(findings):
-        pixels = render_summary(case.reconstructed.volume.hu, case.lobe_map, findings)
-        return int((pixels[PANEL:] == red).all(axis=-1).sum())
-
-    assert red_pixels(case.findings) == 0
-    assert red_pixels(replace(case.findings, trained=False)) >= 10
+    assert warning_pixels(case, case.findings) == 0
+    assert warning_pixels(case, replace(case.findings, trained=False)) >= 10

@@ -207,3 +207,11 @@ def queue_series(conn, paths: list[Path], calling_ae: str = "SCANNER"):
         )
     assert db.complete_series(conn, series_uid, result.series.version, "queued")
     return db.get_series(conn, series_uid)
+
+
+def warning_pixels(case: Case, findings: Findings) -> int:
+    """Pixels of the summary's warning colour below its image panels, for ``findings``."""
+    from dicom_node.results.summary import PANEL, WARNING_RGB, render_summary
+
+    pixels = render_summary(case.reconstructed.volume.hu, case.lobe_map, findings)
+    return int((pixels[PANEL:] == np.asarray(WARNING_RGB, np.uint8)).all(axis=-1).sum())
