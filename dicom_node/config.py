@@ -204,8 +204,9 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
     )
 
 
-def config_from_text(text: str, path: Path | None = None) -> NodeConfig:
-    """Validate and parse the text of a config file; raise :class:`ConfigError` listing every problem."""
+def config_from_text(text: str, path: Path | None = None, *, serving: bool = True) -> NodeConfig:
+    """Validate and parse the text of a config file; raise :class:`ConfigError` listing every problem.
+    ``serving=False``: a command that only reads state (no ``[node]`` / ``[[sources]]`` needed)."""
     where = path if path is not None else "config"
     try:
         doc = tomllib.loads(text)
@@ -213,7 +214,7 @@ def config_from_text(text: str, path: Path | None = None) -> NodeConfig:
         raise ConfigError([f"config: {where} is not valid TOML: {exc}"]) from exc
     from dicom_node.config_validation import validate_config
 
-    problems = validate_config(doc, config_dir=path.parent if path is not None else None)
+    problems = validate_config(doc, config_dir=path.parent if path is not None else None, serving=serving)
     if problems:
         raise ConfigError([str(problem) for problem in problems])
     return parse_config(doc, path)
@@ -230,7 +231,9 @@ def read_config_text(path: Path) -> str:
         raise ConfigError([f"config: {path} is not UTF-8 text: {exc}"]) from exc
 
 
-def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
-    """Read, validate and parse the config file; raise :class:`ConfigError` listing every problem."""
+def load_config(path: str | os.PathLike | None = None, *, serving: bool = False) -> NodeConfig:
+    """Read, validate and parse the config file; raise :class:`ConfigError` listing every problem.
+    For reading commands by default; ``serving=True`` adds the checks of a config a node runs with
+    (``[node]`` present, a ``[[sources]]`` while ``reject_unknown_sources``)."""
     p = resolve_config_path(path)
-    return config_from_text(read_config_text(p), p)
+    return config_from_text(read_config_text(p), p, serving=serving)

@@ -281,10 +281,13 @@ def _file_problem(key: str, value: Any, config_dir: Path | None) -> Problem | No
     return None
 
 
-def validate_config(doc: dict, config_dir: Path | None = None) -> list[Problem]:
+def validate_config(doc: dict, config_dir: Path | None = None, *, serving: bool = True) -> list[Problem]:
     """Every problem of the parsed config ``doc``; an empty list means it is usable.
 
     ``config_dir``: the folder of the config file, for relative paths (``weights``, TLS files).
+    ``serving``: the config a node runs with (``run``, hot reload, ``check-config``, ``ae``/``dest``
+    edits): ``[node]`` and, with ``reject_unknown_sources``, a ``[[sources]]`` are required.
+    Commands that only read the state (``status``, ``purge``, ``process``) pass False.
     """
     problems: list[Problem] = []
     for table_name, table in doc.items():
@@ -308,10 +311,35 @@ def validate_config(doc: dict, config_dir: Path | None = None) -> list[Problem]:
             problems.append(Problem(table_name, table, f"must be a table ([{table_name}])"))
         else:
             problems += _check_table(table_name, table, checks)
+    if serving:
+        problems += _required_tables(doc)
     if problems:
         # Cross-key checks only on a well-typed document: they would repeat the same problems.
         return problems
     return _cross_checks(doc, config_dir)
+
+
+def _required_tables(doc: dict) -> list[Problem]:
+    """An empty or comment-only file is no config: ``[node]`` is required, and at least one
+    ``[[sources]]`` while ``node.reject_unknown_sources`` is true (the default), since a node that
+    refuses every scanner is a broken config, not a valid one. With ``reject_unknown_sources =
+    false`` (any AE may send) zero sources are fine."""
+    problems: list[Problem] = []
+    node = doc.get("node", MISSING)
+    if node is MISSING:
+        problems.append(Problem("node", MISSING, "required: the [node] table (ae_title, port, data_dir, ...)"))
+    sources = doc.get("sources", [])
+    reject = node.get("reject_unknown_sources", True) if isinstance(node, dict) else True
+    if reject is True and isinstance(sources, list) and not sources:
+        problems.append(
+            Problem(
+                "sources",
+                MISSING,
+                "at least one [[sources]] is required while node.reject_unknown_sources = true "
+                "(no scanner could send); set reject_unknown_sources = false to accept any AE",
+            )
+        )
+    return problems
 
 
 def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:

@@ -8,7 +8,11 @@ and renderer, so one process writes one format.
 Patient identity never reaches a log line: as a defence in depth behind the rule "UIDs and counts
 only", :func:`redact_patient_identity` replaces the value of any key that names a patient's identity
 (``patient_name``, ``PatientID``, ``birth_date``...), any pydicom person name whatever its key,
-and any pydicom dataset passed as a value (replaced by its SOP Instance UID).
+and any pydicom dataset passed as a value (replaced by its SOP Instance UID). Quoted values in
+pydicom's and highdicom's value errors ("Invalid value for VR DA: '...'") are replaced too.
+
+Python ``warnings`` (pydicom's, highdicom's, numpy's...) are logged as ``python_warning`` events
+(``category``, ``message``, ``where``) in the same format, never written raw between the lines.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import logging
 import os
 import re
 import sys
+import warnings
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -61,6 +67,17 @@ _QUIET_LOGGERS = {name: logging.WARNING for name in ("pynetdicom", "highdicom", 
 
 # The handler configure_logging() installed on the root logger, replaced on the next call.
 _installed_handler: logging.Handler | None = None
+_original_showwarning = warnings.showwarning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` replacement: one structured ``python_warning`` event."""
+    structlog.get_logger("py.warnings").warning(
+        "python_warning",
+        category=getattr(category, "__name__", str(category)),
+        message=str(message),
+        where=f"{Path(str(filename)).name}:{lineno}",
+    )
 
 
 def is_identity_key(key: str) -> bool:
@@ -86,9 +103,19 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+# pydicom: "Invalid value for VR DA: '1961-02-03'."; highdicom/pydicom: "Unable to convert '...'"
+_QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+: |Unable to convert |[Vv]alue )'[^']*'")
+
+
+def redact_quoted_values(text: str) -> str:
+    return _QUOTED_VALUE.sub(r"\1'[redacted]'", text)
+
+
 def redact_patient_identity(logger: Any, method_name: str, event_dict: dict) -> dict:
     """structlog processor: no value under a patient-identity key and no dataset is ever emitted."""
     for key in list(event_dict):
+        if isinstance(event_dict[key], str):
+            event_dict[key] = redact_quoted_values(event_dict[key])
         if key == "event":
             continue
         if is_identity_key(key):
@@ -171,6 +198,7 @@ def configure_logging(fmt: str = "auto", level: str | int | None = None, stream:
     _installed_handler = handler
     for name, quiet in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet, level_no))
+    warnings.showwarning = _log_warning
 
     structlog.configure(
         processors=[
@@ -194,4 +222,5 @@ def reset_logging() -> None:
     if _installed_handler is not None:
         logging.getLogger().removeHandler(_installed_handler)
         _installed_handler = None
+    warnings.showwarning = _original_showwarning
     structlog.reset_defaults()

@@ -74,7 +74,9 @@ def process_series(series_dir, out_dir, config_path=None, weights=None, device=N
     try:
         summary = _process(paths, out_dir, config, weights, device)
     except (ValueError, OSError) as exc:
-        print(f"process: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        from dicom_node.results.sanitize import scrub_text
+
+        print(f"process: {scrub_text(getattr(exc, 'reason', None) or exc)}", file=sys.stderr)
         return 2
     summary["seconds"] = round(time.perf_counter() - started, 3)
     print(json.dumps(summary, indent=2))
@@ -111,7 +113,9 @@ def _process(paths: list[Path], out_dir: Path, config: NodeConfig, weights, devi
     )
     written = write_result_set(result_set, out_dir)
     timings["results"] = time.perf_counter() - t
-    summary = findings_dict(analysis.findings)
+    from dicom_node.pipeline import with_exclusions
+
+    summary = with_exclusions(findings_dict(analysis.findings), reconstructed)
     summary["series_instance_uid"] = analysis.source.series_instance_uid
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     summary["files"] = {kind.name.lower(): str(path) for kind, path in written.items()}

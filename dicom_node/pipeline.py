@@ -40,6 +40,7 @@ from dicom_node.results.analysis import analyse
 from dicom_node.results.build import build_result_set, write_result_set
 from dicom_node.results.findings import findings_dict
 from dicom_node.results.records import record_result, result_folder, start_job
+from dicom_node.results.sanitize import scrub_text
 
 log = structlog.get_logger()
 
@@ -93,11 +94,13 @@ def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
         )
         folder = result_folder(config.node.data_dir, record.study_instance_uid, uid, version)
         written = write_result_set(result_set, folder)
-        write_json(folder / "findings.json", findings_dict(analysis.findings))
+        write_json(folder / "findings.json", with_exclusions(findings_dict(analysis.findings), reconstructed))
     except Exception as exc:  # the model or a builder failed: the series fails, the node goes on
-        reason = f"{type(exc).__name__}: {exc}"
-        db.set_series_state(conn, uid, db.SeriesState.FAILED.value, reason=reason[:500], version=version)
-        bound.exception("job_failed", reason=reason[:500])
+        # no patient/study value in status, the database or the log (the traceback is left out:
+        # its frames may hold such values)
+        reason = scrub_text(f"{type(exc).__name__}: {exc}", reconstructed.datasets)[:500]
+        db.set_series_state(conn, uid, db.SeriesState.FAILED.value, reason=reason, version=version)
+        bound.error("job_failed", reason=reason, where=_failed_where(exc))
         return "failed"
     current = db.get_series(conn, uid)
     if current is None or current.version != version or current.state != db.SeriesState.RUNNING.value:
@@ -127,11 +130,17 @@ def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
         destinations=len(destinations),
         severity=analysis.findings.severity,
         probability_severe=analysis.findings.probability_severe,
+        qc=analysis.findings.qc,
     )
-    db.set_series_state(conn, uid, db.SeriesState.DONE.value, version=version)
+    # what was left out stays visible in status ("1 instance excluded: other image size 128x128")
+    note = reconstructed.exclusion_note()
+    db.set_series_state(conn, uid, db.SeriesState.DONE.value, reason=note, version=version)
+    qc = analysis.findings.qc
     bound.info(
         "job_done",
         severity=analysis.findings.severity,
+        qc_passed=None if qc is None else qc.passed,
+        qc_failed=[] if qc is None else [c.name for c in qc.failed],  # check names only, never details
         objects=len(objects),
         queued=queued,
         destinations=len(destinations),
@@ -141,6 +150,26 @@ def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
         **({} if destinations else {"kept_in": str(folder)}),
     )
     return "done"
+
+
+def with_exclusions(findings: dict, reconstructed) -> dict:
+    """``findings["excluded_instances"] = {"count", "of", "reasons", "details"}`` when reconstruction
+    left images out (duplicates aside)."""
+    summary = reconstructed.exclusion_summary()
+    if summary is not None:
+        findings["excluded_instances"] = summary
+    return findings
+
+
+def _failed_where(exc: BaseException) -> str:
+    """``file:line function`` of the innermost frame: where it failed, without the message."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    code = tb.tb_frame.f_code
+    return f"{Path(code.co_filename).name}:{tb.tb_lineno} {code.co_name}"
 
 
 def write_json(path: Path, data: dict) -> None:

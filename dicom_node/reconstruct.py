@@ -4,7 +4,11 @@ Rules (each failure raises :class:`UnusableSeries`, a ``ValueError`` whose ``rea
 ``status``):
 
 - Selection first (:mod:`dicom_node.selection`): only axial ORIGINAL/PRIMARY CT frames on the
-  series' majority image grid.
+  series' majority image grid. More than ``MAX_DROPPED_SHARE`` (10 %) of the slices dropped for
+  their geometry (another grid, not axial, ...) fails the series with that reason ("20 of 40
+  instances excluded (more than 10 %): other orientation 20"); fewer are left out and stated
+  (:meth:`ReconstructedSeries.exclusion_note`, ``exclusion_summary``). A gap that excluded slices
+  leave is reported with them as its cause.
 - Order: by position along the slice normal (``ImagePositionPatient`` . normal), ascending; never
   by Instance Number or arrival.
 - Exact duplicates (same position, same stored pixels, same rescale) are dropped, keeping the
@@ -40,7 +44,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.frames import Frame, frames_of
-from dicom_node.selection import MIN_SLICES, Exclusion, select_frames
+from dicom_node.selection import DROPPED_SLICE_REASONS, MAX_DROPPED_SHARE, MIN_SLICES, Exclusion, select_frames
 from m2unet.volume import Volume
 
 SPACING_TOLERANCE = 0.10  # relative deviation of a slice step from the median step
@@ -95,6 +99,28 @@ class ReconstructedSeries:
     def frame_of_reference_uid(self) -> str | None:
         value = self.reference_dataset.get("FrameOfReferenceUID")
         return str(value) if value else None
+
+    def stated_exclusions(self) -> list[Exclusion]:
+        """Exclusions worth stating: all but exact duplicates (an identical image sent twice)."""
+        return [e for e in self.excluded if e.reason != "exact_duplicate"]
+
+    def exclusion_summary(self) -> dict | None:
+        """``{"count", "of", "reasons": {reason: n}, "details": {detail: n}}`` of the stated
+        exclusions (``of``: the slices used plus those), or None when nothing was left out."""
+        stated = self.stated_exclusions()
+        if not stated:
+            return None
+        return {
+            "count": len(stated),
+            "of": len(self.instances) + len(stated),
+            "reasons": dict(Counter(e.reason for e in stated)),
+            "details": dict(Counter(e.describe() for e in stated)),
+        }
+
+    def exclusion_note(self) -> str | None:
+        """For ``status``: "1 instance excluded: other image size 128x128", or None."""
+        stated = self.stated_exclusions()
+        return describe_exclusions(stated) if stated else None
 
     def to_source_grid(self, array_zyx: np.ndarray, order: int = 0) -> np.ndarray:
         """Map an array on the volume's grid onto the source images' grids (undo the tilt shift)."""
@@ -187,6 +213,26 @@ def _resolve_positions(slices: list[_Slice], excluded: list[Exclusion]) -> list[
     return sorted(kept, key=lambda s: s.distance)
 
 
+def describe_exclusions(excluded: list[Exclusion]) -> str:
+    """ "2 instances excluded: other image size 128x128 1, localizer 1" (counts per description)."""
+    unit = "frame" if any(e.frame_number is not None for e in excluded) else "instance"
+    unit += "" if len(excluded) == 1 else "s"
+    counts = Counter(e.describe() for e in excluded)
+    if len(counts) == 1 and len(excluded) == 1:
+        return f"1 {unit} excluded: {next(iter(counts))}"
+    return f"{len(excluded)} {unit} excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _check_dropped_share(slices: list, excluded: list[Exclusion]) -> None:
+    dropped = [e for e in excluded if e.reason in DROPPED_SLICE_REASONS]
+    total = len(slices) + len(dropped)
+    if dropped and len(dropped) > MAX_DROPPED_SHARE * total:
+        unit = "frames" if any(e.frame_number is not None for e in dropped) else "instances"
+        counts = Counter(e.describe() for e in dropped)
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        raise UnusableSeries(f"{len(dropped)} of {total} {unit} excluded (more than {MAX_DROPPED_SHARE:.0%}): {detail}")
+
+
 def _check_spacing(distances: np.ndarray) -> float:
     """The slice step (mm); raises on gaps and uneven spacing."""
     steps = np.diff(distances)
@@ -241,6 +287,7 @@ def reconstruct_series(paths: list[str | Path], min_slices: int = MIN_SLICES) ->
         slices.append(_Slice(f, pixels, digest, float(np.dot(f.position, normal))))
     cache.clear()
     slices = _resolve_positions(slices, excluded)
+    _check_dropped_share(slices, excluded)
     if len(slices) < min_slices:
         raise UnusableSeries(f"too few usable slices: {len(slices)} < {min_slices}")
 
@@ -249,7 +296,14 @@ def reconstruct_series(paths: list[str | Path], min_slices: int = MIN_SLICES) ->
     row_spacing, col_spacing = first.pixel_spacing
     distances = np.array([s.distance for s in slices])
     if len(slices) > 1:
-        step = _check_spacing(distances)
+        try:
+            step = _check_spacing(distances)
+        except UnusableSeries as exc:
+            dropped = [e for e in excluded if e.reason in DROPPED_SLICE_REASONS]
+            if not dropped:
+                raise
+            # the slice that is missing is most likely one that was left out: name it as the cause
+            raise UnusableSeries(f"{describe_exclusions(dropped)}, which leaves the series incomplete ({exc.reason})") from exc
     else:
         step = float(datasets[first.path].get("SliceThickness") or 1.0)
 

@@ -13,6 +13,11 @@ JPEG 2000 lossless and lossy, RLE lossless. Data sets are kept as they arrive.
 Each accepted socket is tuned (:mod:`dicom_node.socket_tuning`: TCP_NODELAY, TCP_QUICKACK, large
 reads): without it Nagle's algorithm and delayed ACKs cost tens of milliseconds per PDU. Access control runs on each A-ASSOCIATE-RQ against the config of that
 moment (``config_provider()``), so a hot-reloaded ``[[sources]]`` applies at once.
+
+Idle connections cannot lock scanners out (:mod:`dicom_node.connection_guard`): a connection
+that sends no A-ASSOCIATE-RQ within ``ARTIM_S`` (5 s) is closed, idle connections are bounded per
+peer address and in all (a new one closes the oldest), and ``ASSOCIATIONS_MAX`` counts
+established associations only; refusals are logged with the peer address.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.access import Refusal, RejectReason, check_association
 from dicom_node.config import NodeConfig
+from dicom_node.connection_guard import ARTIM_S, PENDING_TOTAL, ConnectionGuard
 from dicom_node.db import RecordResult
 from dicom_node.frames import CT_STORAGE_CLASSES
 from dicom_node.receive import Receiver, StoreStatus
@@ -55,6 +61,21 @@ ASSOCIATIONS_MAX = 32
 SHUTDOWN_GRACE_S = 10.0
 
 InstanceCallback = Callable[[RecordResult], None]
+
+
+class _LocalLimit(Refusal):
+    """A-ASSOCIATE-RJ rejected-transient, presentation-related, local-limit-exceeded (PS3.8 9.3.4)."""
+
+    @property
+    def result(self) -> int:
+        return 0x02
+
+    @property
+    def source(self) -> int:
+        return 0x03
+
+
+LOCAL_LIMIT_EXCEEDED = _LocalLimit(0x02, "too_many_associations")  # reason 2 of source 3: local limit exceeded
 
 
 class _AssociationStats:
@@ -88,16 +109,19 @@ class StorageSCP:
         self._server = None
         self._stats: dict[int, _AssociationStats] = {}
         self._stats_lock = threading.Lock()
+        self.guard = ConnectionGuard()
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_pdu_size = MAX_PDU
-        ae.maximum_associations = ASSOCIATIONS_MAX
+        # pynetdicom counts every open connection, idle ones included: its limit is set above ours
+        # (established associations, checked in _on_requested) plus the idle ones the guard allows
+        ae.maximum_associations = ASSOCIATIONS_MAX + PENDING_TOTAL + 8
         ae.require_called_aet = False  # checked in _on_requested, against the live config
         ae.network_timeout = 60
         ae.dimse_timeout = 60
-        ae.acse_timeout = 30
+        ae.acse_timeout = ARTIM_S  # the acceptor's ARTIM: time from connect to A-ASSOCIATE-RQ
         ae.add_supported_context(Verification)
         seen = set()
         for uid in CT_STORAGE_CLASSES:
@@ -148,6 +172,10 @@ class StorageSCP:
     # -- handlers: each does one thing and returns a status where DICOM wants one --
 
     def _on_conn_open(self, event) -> None:
+        address = getattr(event, "address", None)
+        peer = str(address[0]) if isinstance(address, (tuple, list)) and address else str(address)
+        if not self.guard.opened(event.assoc, peer):
+            return
         if self.tune_sockets:
             tune_accepted_socket(event.assoc)
 
@@ -157,11 +185,17 @@ class StorageSCP:
         calling_ae = str(rq.calling_ae_title).strip()
         called_ae = str(rq.called_ae_title).strip()
         peer = assoc.requestor.address
+        self.guard.requested(assoc)
         try:
             refusal = check_association(self.config_provider(), called_ae, calling_ae, peer)
         except Exception as exc:  # fail closed: an error in the check never lets a peer in
             log.error("access_check_failed", calling_ae=calling_ae, error=type(exc).__name__)
             refusal = Refusal(RejectReason.NO_REASON_GIVEN, "access_check_failed")
+        if refusal is None:
+            with self._stats_lock:
+                established = len(self._stats)
+            if established >= ASSOCIATIONS_MAX:
+                refusal = LOCAL_LIMIT_EXCEEDED
         if refusal is not None:
             log.warning(
                 "association_rejected", calling_ae=calling_ae, called_ae=called_ae, peer=peer,
@@ -177,6 +211,7 @@ class StorageSCP:
         log.info("association_accepted", calling_ae=calling_ae, peer=event.assoc.requestor.address)
 
     def _on_ended(self, event) -> None:
+        self.guard.closed(event.assoc)
         with self._stats_lock:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:

@@ -7,6 +7,12 @@ the patient's z axis: coronal and sagittal reformats; gantry tilts up to that an
 frames missing their geometry, and frames on an image grid (orientation, size, pixel spacing)
 other than the series' majority. A series with fewer than ``MIN_SLICES`` usable frames is skipped
 with its reason.
+
+Slices dropped for their own geometry (``DROPPED_SLICE_REASONS``: another grid, not axial, no or
+a bad geometry) are part of the scan: when they are more than ``MAX_DROPPED_SHARE`` (10 %) of
+the slices, reconstruction fails the series with that reason rather than measure part of a chest;
+fewer are left out and stated (``status``, ``findings.json``, the QC). An ``Exclusion`` of another
+grid says how it differs (``detail``: "other image size 128x128", "other pixel spacing ...").
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from dicom_node.frames import CT_STORAGE_CLASSES, Frame
 
 MIN_SLICES = 8
 AXIAL_MAX_TILT_DEG = 35.0
+DROPPED_SLICE_REASONS = frozenset({"other_image_grid", "not_axial", "missing_geometry", "bad_orientation"})
+MAX_DROPPED_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,22 @@ class Exclusion:
     sop_instance_uid: str
     frame_number: int | None
     reason: str
+    detail: str | None = None  # how it differs, in words (no patient data): "other image size 128x128"
+
+    def describe(self) -> str:
+        return self.detail or self.reason.replace("_", " ")
+
+
+def grid_difference(frame: Frame, majority: tuple) -> str:
+    """How ``frame``'s image grid differs from the ``majority`` grid key, in words."""
+    orientation, rows, columns, spacing = grid_key(frame)
+    if (rows, columns) != (majority[1], majority[2]):
+        return f"other image size {columns}x{rows}"
+    if spacing != majority[3]:
+        return "other pixel spacing " + " x ".join(f"{v:g}" for v in spacing) + " mm"
+    if orientation != majority[0]:
+        return "other orientation"
+    return "other image grid"
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,11 @@ def select_frames(frames: list[Frame], min_slices: int = MIN_SLICES) -> Selectio
         grids = Counter(grid_key(f) for f in usable)
         majority = grids.most_common(1)[0][0]
         keep = [f for f in usable if grid_key(f) == majority]
-        excluded += [Exclusion(f.sop_instance_uid, f.frame_number, "other_image_grid") for f in usable if grid_key(f) != majority]
+        excluded += [
+            Exclusion(f.sop_instance_uid, f.frame_number, "other_image_grid", grid_difference(f, majority))
+            for f in usable
+            if grid_key(f) != majority
+        ]
         usable = keep
     skip = None
     if len(usable) < min_slices:

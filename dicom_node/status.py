@@ -4,8 +4,9 @@ disk use and retention.
 JSON: ``{"data_dir", "counts": {state: n}, "series": [...], "deliveries": {...}, "disk": {...},
 "retention": {...}}`` where each series has ``study_instance_uid``, ``series_instance_uid``,
 ``calling_ae``, ``instances``, ``state``, ``reason``, ``version``, ``first_received``,
-``last_received`` (UTC, ISO 8601) and ``purged_at`` (UTC; null unless retention deleted the
-received instances of version ``purged_version``, ``purged_instances`` of them; ``purged`` is true
+``last_received`` (UTC, ISO 8601), ``qc`` (for a ``done`` series, the quality check of its
+result: ``{"passed": bool, "failed": [check names]}``; null otherwise) and ``purged_at`` (UTC;
+null unless retention deleted the received instances of version ``purged_version``, ``purged_instances`` of them; ``purged`` is true
 when that is the current version, and a ``purged_version`` below ``version`` means the series was
 re-opened by later instances and holds only those); ``disk`` is ``used_bytes`` under data_dir with
 ``spool_bytes``, ``results_bytes``, ``outbox_bytes``, ``quarantine_bytes``, ``database_bytes``,
@@ -88,11 +89,31 @@ def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None, pur
     return out
 
 
+def _qc_verdicts(conn: sqlite3.Connection) -> dict:
+    """The quality check of each recorded result set (``results`` table: check names only)."""
+    try:
+        from dicom_node.results.records import qc_verdicts
+
+        return qc_verdicts(conn)
+    except (ImportError, sqlite3.Error):
+        return {}
+
+
+def _qc_note(s: dict) -> str | None:
+    qc = s.get("qc")
+    if not qc or qc.get("passed") is None:
+        return None
+    if qc["passed"]:
+        return "quality check: passed"
+    return "quality check: FAILED (" + ", ".join(qc.get("failed") or []) + ")"
+
+
 def collect_status(
     conn: sqlite3.Connection, configured: list[str] | None = None, retention: RetentionSettings | None = None
 ) -> dict:
     """The status document; ``configured``: the destination names of the config (None: unknown);
     ``retention``: the config's ``[retention]`` (None: unknown, only the database's counts)."""
+    verdicts = _qc_verdicts(conn)
     series = [
         {
             "study_instance_uid": s.study_instance_uid,
@@ -108,6 +129,7 @@ def collect_status(
             "purged_at": _iso(s.purged_at) if s.purged_at else None,
             "purged_version": s.purged_version,
             "purged_instances": s.purged_instances,
+            "qc": verdicts.get((s.series_instance_uid, s.version)) if s.state == "done" else None,
         }
         for s in db.list_series(conn)
     ]
@@ -183,6 +205,9 @@ def format_status(status: dict) -> str:
             lines.append(f"{s['state']:<10} {s['instances']:>9}  {s['calling_ae']:<16} {s['series_instance_uid']}")
             if s["reason"]:
                 lines.append(f"{'':<38} reason: {s['reason']}")
+            qc_note = _qc_note(s)
+            if qc_note:
+                lines.append(f"{'':<38} {qc_note}")
             note = _purge_note(s)
             if note:
                 lines.append(f"{'':<38} {note}")

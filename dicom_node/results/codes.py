@@ -60,6 +60,13 @@ CT_SEVERITY_SCORE = Code("ct-severity-score", PRIVATE_SCHEME, "CT severity score
 TOTAL_CT_SEVERITY_SCORE = Code("total-ct-severity-score", PRIVATE_SCHEME, "Total CT severity score")  # 0..25
 DEVICE: Code = codes.cid270.Device  # DCM 121007, observer type
 
+# quality check of the result (m2unet.qc): Quality Control = Succeeded | Failed (CID 6042 "Status
+# of Results"), and one TEXT item per failed check
+QUALITY_CONTROL: Code = codes.DCM.QualityControl  # 110002
+SUCCEEDED: Code = codes.DCM.Succeeded  # 111222
+FAILED: Code = codes.DCM.Failed  # 111224
+FAILED_QUALITY_CHECK = Code("qc-check-failed", PRIVATE_SCHEME, "Failed quality check")
+
 SEVERITY_VALUES: dict[str, Code] = {"severe": SEVERE, "non-severe": MILD_TO_MODERATE}
 
 # (dictionary attribute, expected value) for each code taken from pydicom's dictionary
@@ -80,6 +87,9 @@ _DICTIONARY_CHECKS = [
     ("DCM", "Probability", "122157"),
     ("DCM", "AbnormalOpacity", "112033"),
     ("LN", "CTChestReport", "24627-2"),
+    ("DCM", "QualityControl", "110002"),
+    ("DCM", "Succeeded", "111222"),
+    ("DCM", "Failed", "111224"),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from m2unet.labels import Lobe
+from m2unet.qc import QualityCheck
 
 SEVERITIES = ("severe", "non-severe")
 
@@ -33,6 +34,7 @@ class Findings:
     weights_sha256: str
     trained: bool = True  # False: random-init weights (tests, demos): the numbers mean nothing
     caution: str = ""  # the weights' warning for every result (e.g. demo weights: not for clinical use)
+    qc: QualityCheck | None = None  # the quality check of the result (m2unet.qc); None: not checked
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -57,8 +59,9 @@ class Findings:
         return self.lobes[int(lobe) - 1]
 
 
-def findings_from(prediction, quantification) -> Findings:
-    """Combine ``m2unet.predictor.Prediction`` and ``m2unet.quantify.Quantification``."""
+def findings_from(prediction, quantification, qc: QualityCheck | None = None) -> Findings:
+    """Combine ``m2unet.predictor.Prediction``, ``m2unet.quantify.Quantification`` and the
+    result's quality check (``m2unet.qc.quality_check``)."""
     lobes = tuple(
         LobeFinding(
             lobe=lobe,
@@ -80,6 +83,7 @@ def findings_from(prediction, quantification) -> Findings:
         weights_sha256=str(prediction.weights_sha256),
         trained=bool(getattr(prediction, "trained", True)),
         caution=str(getattr(prediction, "caution", "")),
+        qc=qc,
     )
 
 
@@ -101,7 +105,8 @@ def lobe_key(lobe: Lobe) -> str:
 
 
 def findings_dict(findings: Findings) -> dict:
-    """The findings as the JSON of INTERFACES.md (``process`` output, ``findings.json``)."""
+    """The findings as the JSON of INTERFACES.md (``process`` output, ``findings.json``); ``qc``
+    is ``{"passed", "checks": [{"name", "passed", "detail"}, ...]}`` (null when not checked)."""
     return {
         "severity": findings.severity,
         "probability_severe": round(findings.probability_severe, 6),
@@ -124,4 +129,5 @@ def findings_dict(findings: Findings) -> dict:
             "trained": findings.trained,
             "caution": findings.caution,
         },
+        "qc": findings.qc.to_dict() if findings.qc is not None else None,
     }

@@ -8,6 +8,10 @@ digits of the sha256 of the Study and Series Instance UIDs (short, file-system s
 ``jobs.started_at`` is the time a series version was first started; it is the creation time
 stamped on every object of that result set (``stamp``), so a re-run after a crash rebuilds
 identical objects.
+
+``results.qc_passed`` (1, 0; NULL: not checked) and ``results.qc_failed`` (the names of the failed
+checks, comma-separated) hold the result's quality check (``m2unet.qc``) for ``status``; an older
+database gets the two columns at the first :func:`ensure_schema` (``ALTER TABLE``).
 """
 
 from __future__ import annotations
@@ -42,14 +46,27 @@ CREATE TABLE IF NOT EXISTS results (
     severity TEXT NOT NULL,
     probability_severe REAL NOT NULL,
     created_at REAL NOT NULL,
+    qc_passed INTEGER,
+    qc_failed TEXT,
     PRIMARY KEY (series_instance_uid, version)
 );
 """
+
+# columns added after the first release: (name, declaration) for ALTER TABLE on older databases
+ADDED_RESULTS_COLUMNS = (("qc_passed", "INTEGER"), ("qc_failed", "TEXT"))
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     with locked(conn):
         conn.executescript(SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(results)").fetchall()}
+        for name, declaration in ADDED_RESULTS_COLUMNS:
+            if name not in have:
+                try:
+                    conn.execute(f"ALTER TABLE results ADD COLUMN {name} {declaration}")
+                except sqlite3.OperationalError as exc:  # another connection added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
 
 
 def results_dir(data_dir: Path) -> Path:
@@ -103,12 +120,18 @@ def record_result(
     destinations: int,
     severity: str,
     probability_severe: float,
+    qc=None,
 ) -> None:
+    """``qc``: the result's ``m2unet.qc.QualityCheck`` (None: not checked)."""
     ensure_schema(conn)
     relative = Path(folder).relative_to(data_dir_of(conn)).as_posix()
+    qc_passed = None if qc is None else int(bool(qc.passed))
+    qc_failed = None if qc is None else ",".join(c.name for c in qc.failed)
     with locked(conn):
         conn.execute(
-            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO results (series_instance_uid, version, study_instance_uid, folder,"
+            " seg_sop_instance_uid, sr_sop_instance_uid, summary_sop_instance_uid, destinations, severity,"
+            " probability_severe, created_at, qc_passed, qc_failed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 series_instance_uid,
                 version,
@@ -121,8 +144,25 @@ def record_result(
                 severity,
                 probability_severe,
                 time.time(),
+                qc_passed,
+                qc_failed,
             ),
         )
+
+
+def qc_verdicts(conn: sqlite3.Connection) -> dict[tuple[str, int], dict]:
+    """Per recorded result set ``(series_instance_uid, version)``: ``{"passed": bool | None,
+    "failed": [check names]}`` (``passed`` None: recorded without a quality check)."""
+    ensure_schema(conn)
+    with locked(conn):
+        rows = conn.execute("SELECT series_instance_uid, version, qc_passed, qc_failed FROM results").fetchall()
+    return {
+        (r[0], int(r[1])): {
+            "passed": None if r[2] is None else bool(r[2]),
+            "failed": [name for name in (r[3] or "").split(",") if name],
+        }
+        for r in rows
+    }
 
 
 def kept_results(conn: sqlite3.Connection) -> list[dict]:

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
 from pydicom.dataset import Dataset
 
 from dicom_node.results.functional_groups import frame_position, number_of_frames, share_identical_groups
-from dicom_node.results.sanitize import sanitized_header
+from dicom_node.results.sanitize import HeaderRepairs, sanitized_header
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,22 @@ class SourceSeries:
         return tuple(float(v) for v in position) if position is not None and len(position) == 3 else None
 
 
+def _warn_repairs(repairs: HeaderRepairs, datasets) -> None:
+    """One warning per series naming the patient/study attributes copied empty (never a value)."""
+    if repairs:
+        log.warning(
+            "source_attributes_repaired",
+            series_uid=str(datasets[0].get("SeriesInstanceUID", "")),
+            invalid_copied_empty=sorted(repairs.invalid),
+            missing_added_empty=sorted(repairs.missing),
+        )
+
+
 def source_from_reconstruction(reconstructed) -> SourceSeries:
-    """From ``dicom_node.reconstruct.ReconstructedSeries``: its datasets, sanitised, in volume order."""
+    """From ``dicom_node.reconstruct.ReconstructedSeries``: its datasets, sanitised, in volume order.
+    Invalid or missing patient/study attributes are copied empty (``sanitize``) and logged once as
+    ``source_attributes_repaired`` with their keywords."""
+    repairs = HeaderRepairs()
     instances = reconstructed.instances
     datasets = reconstructed.datasets
     framed = [i.frame_number is not None for i in instances]
@@ -101,11 +118,14 @@ def source_from_reconstruction(reconstructed) -> SourceSeries:
         for k, instance in enumerate(instances):
             if instance.sop_instance_uid != uid:
                 raise ValueError(f"SOPInstanceUID: dataset 0 is not the source of volume slice {k}")
-        header = share_identical_groups(sanitized_header(datasets[0]))
+        header = share_identical_groups(sanitized_header(datasets[0], repairs))
+        _warn_repairs(repairs, datasets)
         return SourceSeries(headers=(header,), frame_numbers=tuple(int(i.frame_number) for i in instances))
     if len(datasets) != len(instances):
         raise ValueError(f"SOPInstanceUID: {len(instances)} slices from {len(datasets)} single-frame instances")
     for k, (instance, dataset) in enumerate(zip(instances, datasets)):
         if str(dataset.SOPInstanceUID) != instance.sop_instance_uid:
             raise ValueError(f"SOPInstanceUID: dataset {k} is not the source of volume slice {k}")
-    return SourceSeries(headers=tuple(sanitized_header(d) for d in datasets))
+    headers = tuple(sanitized_header(d, repairs) for d in datasets)
+    _warn_repairs(repairs, datasets)
+    return SourceSeries(headers=headers)

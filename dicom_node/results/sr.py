@@ -8,6 +8,9 @@ Content:
 - one TID 1501 group "severity" holding the qualitative evaluation Severity (SCT 246112005) =
   Severe (SCT 24484000) or Mild to Moderate (SCT 371923003, the paper's "non-severe"), the
   probability of severe (DCM 122157, unit 1) and the total CT severity score (0..25, unit 1);
+- in that group, the quality check of the result (``m2unet.qc``): the qualitative evaluation
+  Quality Control (DCM 110002) = Succeeded (DCM 111222) or Failed (DCM 111224), and for each
+  failed check a TEXT item "Failed quality check" (private code) naming the check and why;
 - one TID 1411 volumetric group per lobe, referencing that lobe's segment of the SEG, with the
   lobe as finding type and finding site (with laterality), and three measurements: volume
   (SCT 118565006, mL), opacity percentage of the lobe volume (%) and CT severity score (0..5,
@@ -70,20 +73,39 @@ def _measurement(name, value, unit, algorithm) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
 
 
+def qc_text(check) -> str:
+    """The TEXT of a failed check: its name in words and why (UT: no length limit to mind)."""
+    return f"{check.name.replace('_', ' ')}: {check.detail}"
+
+
 def severity_group(findings: Findings, seg: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     algorithm = _algorithm(findings)
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    evaluations = [hd.sr.QualitativeEvaluation(codes.SEVERITY, codes.SEVERITY_VALUES[findings.severity])]
+    qc = findings.qc
+    if qc is not None:
+        verdict = codes.SUCCEEDED if qc.passed else codes.FAILED
+        evaluations.append(hd.sr.QualitativeEvaluation(codes.QUALITY_CONTROL, verdict))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(seg.SOPInstanceUID, "severity"),
         finding_type=codes.LUNG,
         algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(codes.SEVERITY, codes.SEVERITY_VALUES[findings.severity]),
-        ],
+        qualitative_evaluations=evaluations,
         measurements=[
             _measurement(codes.PROBABILITY, round(findings.probability_severe, 6), codes.NO_UNITS, algorithm),
             _measurement(codes.TOTAL_CT_SEVERITY_SCORE, int(findings.total_score), codes.NO_UNITS, algorithm),
         ],
     )
+    for check in qc.failed if qc is not None else ():
+        # TID 1501 takes TEXT qualitative evaluations beside the CODE ones; highdicom builds only
+        # the CODE ones, so the TEXT items go into the group's container after them
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.FAILED_QUALITY_CHECK,
+                value=qc_text(check),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
 
 
 def lobe_group(

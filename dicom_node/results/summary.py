@@ -1,12 +1,17 @@
 """The summary image for viewers without SEG or SR support: a Secondary Capture (highdicom
 ``SCImage``, RGB) of three key axial slices with the lobes overlaid in their SEG colours and the
-severity and score table burned in. On by default; ``[results] summary_image = false`` turns it
+severity, the quality check and the score table burned in. On by default; ``[results] summary_image = false`` turns it
 off.
 
 Key slices: the slices at 25 %, 50 % and 75 % of the lungs' cranio-caudal extent (the slices the
 lobe map covers), so upper, middle and lower lobes all show. Slices are shown as stored (columns
 towards the patient's left for a standard axial acquisition, i.e. the radiological convention),
 in a lung window (level -600, width 1500), 256 x 256 pixels each.
+
+Quality check (``m2unet.qc``): one line under the severity, "Quality check: passed" in green or
+"Quality check: FAILED - <short reasons>" in orange (plain ASCII: the default font lacks the en
+dash), and each failed check's detail in small text at the bottom (the image grows by a line per
+failed check).
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ TABLE_HEIGHT = 230
 WINDOW_LEVEL, WINDOW_WIDTH = -600.0, 1500.0
 OVERLAY_ALPHA = 0.4
 WARNING_RGB = (255, 60, 60)  # the line saying the numbers are not for clinical use
+QC_PASSED_RGB = (90, 210, 90)
+QC_FAILED_RGB = (255, 150, 40)
+QC_LINE_HEIGHT = 22
+QC_DETAIL_HEIGHT = 15
+MAX_QC_DETAILS = 8
 
 
 def key_slices(lobe_map: np.ndarray) -> list[int]:
@@ -51,6 +61,25 @@ def _panel(hu_slice: np.ndarray, lobe_slice: np.ndarray) -> Image.Image:
     return image.resize((PANEL, PANEL), Image.Resampling.BILINEAR)
 
 
+def qc_line(findings: Findings) -> tuple[str, tuple[int, int, int]] | None:
+    """The quality-check line of the summary and its colour (None: the result was not checked)."""
+    qc = findings.qc
+    if qc is None:
+        return None
+    if qc.passed:
+        return "Quality check: passed", QC_PASSED_RGB
+    return "Quality check: FAILED - " + ", ".join(qc.short_reasons()), QC_FAILED_RGB
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "\u2026", font=font) > width:
+        text = text[:-1]
+    return text + "\u2026"
+
+
 def render_summary(
     hu: np.ndarray, lobe_map: np.ndarray, findings: Findings, slice_labels: list[str] | None = None
 ) -> np.ndarray:
@@ -60,7 +89,10 @@ def render_summary(
         raise ValueError(f"hu shape {hu.shape} differs from lobe_map shape {lobe_map.shape}")
     slices = key_slices(lobe_map)
     width = PANEL * len(slices)
-    canvas = Image.new("RGB", (width, PANEL + TABLE_HEIGHT), (0, 0, 0))
+    qc = qc_line(findings)
+    details = findings.qc.failed[:MAX_QC_DETAILS] if findings.qc is not None else []
+    height = PANEL + TABLE_HEIGHT + (QC_LINE_HEIGHT if qc else 0) + QC_DETAIL_HEIGHT * len(details)
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
     for i, z in enumerate(slices):
         canvas.paste(_panel(hu[z], lobe_map[z]), (i * PANEL, 0))
     draw = ImageDraw.Draw(canvas)
@@ -73,6 +105,9 @@ def render_summary(
     headline = f"Severity: {findings.severity}   P(severe) = {findings.probability_severe:.2f}   Total CT score {findings.total_score}/25"
     draw.text((8, y), headline, fill=(255, 255, 255), font=font)
     y += 26
+    if qc:
+        draw.text((8, y), _fit(draw, qc[0], font, width - 16), fill=qc[1], font=font)
+        y += QC_LINE_HEIGHT
     columns = (8, 200, 330, 480, 640)
     for x, text in zip(columns, ("lobe", "volume mL", "opacity %", "CT score", "")):
         draw.text((x, y), text, fill=(180, 180, 180), font=small)
@@ -99,6 +134,11 @@ def render_summary(
         draw.text((8, y + 18), "UNTRAINED WEIGHTS: these numbers are meaningless", fill=WARNING_RGB, font=font)
     elif findings.caution:
         draw.text((8, y + 18), findings.caution.upper()[:90], fill=WARNING_RGB, font=font)
+    y += 44
+    for check in details:
+        text = f"QC {check.name.replace('_', ' ')}: {check.detail}"
+        draw.text((8, y), _fit(draw, text, small, width - 16), fill=QC_FAILED_RGB, font=small)
+        y += QC_DETAIL_HEIGHT
     return np.asarray(canvas, dtype=np.uint8)
 
 

@@ -99,6 +99,12 @@ def test_remove_source_takes_its_own_comment_only(config_file):
 
 def test_remove_last_source_leaves_no_empty_array(config_file):
     remove_source(config_file, "CT_OLD")
+    # the last source while reject_unknown_sources = true: refused (no scanner could send)
+    before = config_file.read_text()
+    with pytest.raises(EditError, match="at least one"):
+        remove_source(config_file, "CT_NEW")
+    assert config_file.read_text() == before
+    config_file.write_text(before.replace("port = 11112", "port = 11112\nreject_unknown_sources = false"))
     remove_source(config_file, "CT_NEW")
     doc = tomllib.loads(config_file.read_text())
     assert "sources" not in doc
@@ -123,8 +129,9 @@ def test_inline_arrays_are_edited_too(tmp_path):
     add_source(path, "B", host="10.0.0.1")
     assert [(s.ae_title, s.host) for s in load_config(path).sources] == [("A", None), ("B", "10.0.0.1")]
     remove_source(path, "A")
-    remove_source(path, "B")
-    assert load_config(path).sources == ()
+    assert [s.ae_title for s in load_config(path).sources] == ["B"]
+    with pytest.raises(EditError, match="at least one"):  # the last one: no scanner could send
+        remove_source(path, "B")
     assert "# mine" in path.read_text()
 
 

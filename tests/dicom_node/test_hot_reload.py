@@ -127,8 +127,9 @@ def test_watcher_applies_cli_edits_and_ignores_broken_hand_edits(config_file, lo
         assert sum(r["event"] == "config_kept" for r in log_lines()) == 1
         config_file.write_text(BASE)  # fixed by hand
         assert wait_for(lambda: titles(live) == ["CT_1"])
+        add_source(config_file, "CT_3")
         remove_source(config_file, "CT_1")
-        assert wait_for(lambda: titles(live) == [])
+        assert wait_for(lambda: titles(live) == ["CT_3"])
     assert not any(t.name == "config-watcher" for t in threading.enumerate())
 
 

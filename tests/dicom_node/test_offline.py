@@ -38,6 +38,11 @@ def _check_output(result, out_dir):
         assert lobe["volume_ml"] >= 0 and 0 <= lobe["opacity_percent"] <= 100 and 0 <= lobe["severity_score"] <= 5
     assert 0 <= summary["total_score"] <= 25
     assert summary["seconds"] > 0
+    qc = summary["qc"]  # the quality check (INTERFACES.md)
+    assert set(qc) == {"passed", "checks"} and isinstance(qc["passed"], bool)
+    assert qc["passed"] == all(c["passed"] for c in qc["checks"])
+    assert {c["name"] for c in qc["checks"]} >= {"lung_coverage", "slice_thickness", "lobe_shares", "severity_consistency"}
+    assert all(set(c) == {"name", "passed", "detail"} and c["detail"] for c in qc["checks"])
     for name in ("seg.dcm", "sr.dcm", "summary.dcm"):
         assert (out_dir / name).exists()
         assert dciodvfy_errors(out_dir / name) == [], name

@@ -178,3 +178,25 @@ def test_worker_waits_while_weights_are_unusable(series_paths, data_dir, tmp_pat
     worker.stop()
     assert db.get_series(conn, record.series_instance_uid).state == "queued"  # not claimed, not failed
     conn.close()
+
+
+def test_quality_check_reaches_findings_status_and_log(predictor, series_paths, data_dir):
+    from structlog.testing import capture_logs
+
+    from dicom_node.status import collect_status, format_status
+
+    conn = db.connect(data_dir)
+    record = queue_series(conn, series_paths)
+    with capture_logs() as logs:
+        assert run_job(conn, db.claim_queued_series(conn), predictor, node_config(data_dir)) == "done"
+    folder = result_folder(data_dir, record.study_instance_uid, record.series_instance_uid, 1)
+    qc = json.loads((folder / "findings.json").read_text())["qc"]
+    assert set(qc) == {"passed", "checks"}
+    failed = [c["name"] for c in qc["checks"] if not c["passed"]]
+    done = next(e for e in logs if e["event"] == "job_done")
+    assert done["qc_passed"] is qc["passed"] and done["qc_failed"] == failed  # names only, no details
+    status = collect_status(conn)
+    series = next(s for s in status["series"] if s["series_instance_uid"] == record.series_instance_uid)
+    assert series["qc"] == {"passed": qc["passed"], "failed": failed}
+    assert ("quality check: passed" if qc["passed"] else "quality check: FAILED (") in format_status(status)
+    conn.close()

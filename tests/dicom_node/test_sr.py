@@ -112,3 +112,46 @@ def test_observer_is_the_node_as_a_device(case):
 def test_private_codes_are_declared(case):
     schemes = [item.CodingSchemeDesignator for item in case.result_set.sr.CodingSchemeIdentificationSequence]
     assert codes.PRIVATE_SCHEME in schemes
+
+
+def _severity_group_items(sr):
+    """The content items of the severity group (the first Measurement Group)."""
+    measurements = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    return measurements.ContentSequence[0].ContentSequence
+
+
+def test_quality_check_verdict_and_failed_checks_are_in_the_sr(case, written):
+    import pydicom
+
+    sr = pydicom.dcmread(written[ResultKind.SR])
+    items = _severity_group_items(sr)
+    verdicts = [
+        i.ConceptCodeSequence[0].CodeValue
+        for i in items
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == codes.QUALITY_CONTROL.value
+    ]
+    qc = case.findings.qc
+    assert not qc.passed  # the made-up lobe map is not real anatomy
+    assert verdicts == [codes.FAILED.value]
+    texts = [
+        i.TextValue for i in items if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == codes.FAILED_QUALITY_CHECK.value
+    ]
+    assert len(texts) == len(qc.failed) >= 1
+    assert texts[0].startswith(qc.failed[0].name.replace("_", " ") + ": ")
+    assert qc.failed[0].detail in texts[0]
+
+
+@pytest.mark.filterwarnings("ignore:.*unlikely to represent the intended person name")
+def test_passed_quality_check_reads_succeeded_without_text(case):
+    from dataclasses import replace
+
+    from dicom_node.results.sr import build_sr
+    from dicom_node.results.uids import result_identity
+    from m2unet.qc import Check, QualityCheck
+
+    passed = replace(case.findings, qc=QualityCheck([Check("lung_coverage", True, "inside")]))
+    identity = result_identity(ResultKind.SR, case.source.series_instance_uid, case.source.sop_instance_uids, "ab" * 32, 1, None)
+    items = _severity_group_items(build_sr(case.source, case.result_set.seg, passed, identity, "M2UNET"))
+    codes_found = {i.ConceptNameCodeSequence[0].CodeValue: i for i in items if i.ValueType == "CODE"}
+    assert codes_found[codes.QUALITY_CONTROL.value].ConceptCodeSequence[0].CodeValue == codes.SUCCEEDED.value
+    assert not [i for i in items if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == codes.FAILED_QUALITY_CHECK.value]

@@ -52,3 +52,63 @@ def test_cli_text_and_json(tmp_path):
 def test_bad_config_exits_2(tmp_path, capsys):
     assert print_status(tmp_path / "missing.toml") == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def _record_done(tmp_path, conn, qc):
+    from dicom_node.results.records import record_result
+
+    db.set_series_state(conn, "1.2.5", "running")
+    db.set_series_state(conn, "1.2.5", "done")
+    record_result(
+        conn,
+        series_instance_uid="1.2.5",
+        version=1,
+        study_instance_uid="1.2",
+        folder=tmp_path / "data" / "results" / "x" / "y" / "v1",
+        seg_sop_instance_uid="1.2.9.1",
+        sr_sop_instance_uid="1.2.9.2",
+        summary_sop_instance_uid=None,
+        destinations=0,
+        severity="severe",
+        probability_severe=0.8,
+        qc=qc,
+    )
+
+
+def test_status_shows_the_quality_check_of_done_series(tmp_path, capsys):
+    from m2unet.qc import Check, QualityCheck
+
+    config = make_state(tmp_path)
+    conn = db.connect(tmp_path / "data")
+    qc = QualityCheck([Check("lung_coverage", True, "ok"), Check("lobe_shares", False, "right middle lobe 1 %")])
+    _record_done(tmp_path, conn, qc)
+    conn.close()
+    assert print_status(config, as_json=True) == 0
+    by_uid = {s["series_instance_uid"]: s for s in json.loads(capsys.readouterr().out)["series"]}
+    assert by_uid["1.2.5"]["qc"] == {"passed": False, "failed": ["lobe_shares"]}
+    assert by_uid["1.2.4"]["qc"] is None  # skipped: no result
+    assert print_status(config) == 0
+    assert "quality check: FAILED (lobe_shares)" in capsys.readouterr().out
+
+
+def test_results_table_of_an_older_database_gets_the_qc_columns(tmp_path, capsys):
+    from m2unet.qc import Check, QualityCheck
+
+    config = make_state(tmp_path)
+    conn = db.connect(tmp_path / "data")
+    with db.locked(conn):  # the results table as the first release created it
+        conn.execute(
+            "CREATE TABLE results (series_instance_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+            " study_instance_uid TEXT NOT NULL, folder TEXT NOT NULL, seg_sop_instance_uid TEXT NOT NULL,"
+            " sr_sop_instance_uid TEXT NOT NULL, summary_sop_instance_uid TEXT, destinations INTEGER NOT NULL,"
+            " severity TEXT NOT NULL, probability_severe REAL NOT NULL, created_at REAL NOT NULL,"
+            " PRIMARY KEY (series_instance_uid, version))"
+        )
+        conn.execute("INSERT INTO results VALUES ('1.2.4', 1, '1.2', 'results/a', '1', '2', NULL, 0, 'severe', 0.9, 0)")
+    _record_done(tmp_path, conn, QualityCheck([Check("lung_volume", True, "5 L")]))
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(results)").fetchall()}
+    assert {"qc_passed", "qc_failed"} <= columns
+    conn.close()
+    assert print_status(config, as_json=True) == 0
+    by_uid = {s["series_instance_uid"]: s for s in json.loads(capsys.readouterr().out)["series"]}
+    assert by_uid["1.2.5"]["qc"] == {"passed": True, "failed": []}

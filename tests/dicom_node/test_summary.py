@@ -67,3 +67,30 @@ def test_untrained_weights_are_flagged_on_the_image(case):
 
     assert warning_pixels(case, case.findings) == 0
     assert warning_pixels(case, replace(case.findings, trained=False)) >= 10
+
+
+def _qc_pixels(pixels, colour) -> int:
+    return int((pixels[PANEL:] == np.asarray(colour, np.uint8)).all(axis=-1).sum())
+
+
+def test_quality_check_line_on_the_image(case):
+    from dataclasses import replace
+
+    from dicom_node.results.summary import QC_FAILED_RGB, QC_PASSED_RGB, qc_line
+    from m2unet.qc import Check, QualityCheck
+
+    hu = case.reconstructed.volume.hu
+    failed = case.findings  # the made-up lobe map fails some checks
+    assert not failed.qc.passed
+    text, colour = qc_line(failed)
+    assert text.startswith("Quality check: FAILED - ") and colour == QC_FAILED_RGB
+    assert failed.qc.short_reasons()[0] in text
+    passed = replace(failed, qc=QualityCheck([Check(c.name, True, "fine") for c in failed.qc.checks]))
+    assert qc_line(passed) == ("Quality check: passed", QC_PASSED_RGB)
+    failed_image = render_summary(hu, case.lobe_map, failed)
+    passed_image = render_summary(hu, case.lobe_map, passed)
+    assert _qc_pixels(failed_image, QC_FAILED_RGB) >= 50 and _qc_pixels(failed_image, QC_PASSED_RGB) == 0
+    assert _qc_pixels(passed_image, QC_PASSED_RGB) >= 20 and _qc_pixels(passed_image, QC_FAILED_RGB) == 0
+    # one detail line per failed check below the table
+    assert failed_image.shape[0] > passed_image.shape[0]
+    assert qc_line(replace(failed, qc=None)) is None

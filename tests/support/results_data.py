@@ -67,6 +67,21 @@ def made_up_findings(lobe_map: np.ndarray, voxel_ml: float, severity: str = "sev
     )
 
 
+def made_up_qc(volume, lobe_map: np.ndarray, findings: Findings):
+    """The quality check (``m2unet.qc``) of made-up findings on their lobe map (the made-up map
+    fails some checks: its lobes are thirds of the lungs, not real lobes)."""
+    from m2unet.qc import quality_check
+    from m2unet.quantify import LobeMeasurement, Quantification
+
+    quantification = Quantification(
+        lobes={
+            f.lobe: LobeMeasurement(f.volume_ml, f.opacity_ml, f.opacity_percent, f.severity_score) for f in findings.lobes
+        },
+        total_score=findings.total_score,
+    )
+    return quality_check(volume, lobe_map, quantification, findings.severity, findings.probability_severe)
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
@@ -119,6 +134,7 @@ def build_case(paths: list[Path], version: int = 1, summary_image: bool = True, 
     hu = reconstructed.volume.hu
     lobe_map = made_up_lobe_map(hu)
     findings = made_up_findings(lobe_map, reconstructed.volume.voxel_volume_ml, severity)
+    findings = replace(findings, qc=made_up_qc(reconstructed.volume, lobe_map, findings))
     result_set = build_result_set(
         source, hu, lobe_map, findings, version=version, ae_title="M2UNET", created=CREATED, summary_image=summary_image
     )
