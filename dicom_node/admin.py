@@ -71,7 +71,7 @@ def check_config(config_path: str | os.PathLike | None) -> int:
     """Validate the config file: exit 0 and a one-line summary, or each problem and exit 2."""
     path = resolve_config_path(config_path)
     try:
-        config = config_from_text(read_config_text(path), path)
+        config = config_from_text(read_config_text(path), path, serving=True)
     except ConfigError as exc:
         _problems(exc.problems)
         _err(f"{path}: {len(exc.problems)} problem(s)")

@@ -204,9 +204,10 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
     )
 
 
-def config_from_text(text: str, path: Path | None = None, *, serving: bool = True) -> NodeConfig:
+def config_from_text(text: str, path: Path | None = None, *, serving: bool = False) -> NodeConfig:
     """Validate and parse the text of a config file; raise :class:`ConfigError` listing every problem.
-    ``serving=False``: a command that only reads state (no ``[node]`` / ``[[sources]]`` needed)."""
+    ``serving=True``: the config a node runs with (``[node]`` and a ``[[sources]]`` required; see
+    :func:`dicom_node.config_validation.validate_config`)."""
     where = path if path is not None else "config"
     try:
         doc = tomllib.loads(text)

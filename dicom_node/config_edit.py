@@ -277,7 +277,10 @@ def _edit(path: str | os.PathLike, array: str, plan: Callable[[dict], tuple[dict
             written.pop(array)  # an inline array emptied by tomlkit: "sources = []" means none
         if written != expected:
             raise EditError([Problem(array, MISSING, "the file's layout is unusual here; edit it by hand")])
-        problems = validate_config(expected, config_dir=path.parent)
+        # the checks of a config a node runs with, once the file meets them: an edit may not
+        # remove the last source, but a destination can be added before the first source is
+        serving = not validate_config(doc, config_dir=path.parent, serving=True)
+        problems = validate_config(expected, config_dir=path.parent, serving=serving)
         if problems:
             raise EditError(problems)
         write_atomically(path, new_text)

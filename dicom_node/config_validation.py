@@ -281,13 +281,14 @@ def _file_problem(key: str, value: Any, config_dir: Path | None) -> Problem | No
     return None
 
 
-def validate_config(doc: dict, config_dir: Path | None = None, *, serving: bool = True) -> list[Problem]:
+def validate_config(doc: dict, config_dir: Path | None = None, *, serving: bool = False) -> list[Problem]:
     """Every problem of the parsed config ``doc``; an empty list means it is usable.
 
     ``config_dir``: the folder of the config file, for relative paths (``weights``, TLS files).
     ``serving``: the config a node runs with (``run``, hot reload, ``check-config``, ``ae``/``dest``
     edits): ``[node]`` and, with ``reject_unknown_sources``, a ``[[sources]]`` are required.
-    Commands that only read the state (``status``, ``purge``, ``process``) pass False.
+    Commands that only read the state (``status``, ``purge``, ``process``) and checks of one
+    table leave it False.
     """
     problems: list[Problem] = []
     for table_name, table in doc.items():

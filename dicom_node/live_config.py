@@ -85,7 +85,7 @@ class LiveConfig:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         text = read_config_text(self.path)
-        self._current = config_from_text(text, self.path)
+        self._current = config_from_text(text, self.path, serving=True)
         self._start_up = self._current  # the restart-bound keys keep these values
         self._seen = _fingerprint(text.encode("utf-8"))  # the last content looked at, good or bad
 
@@ -120,7 +120,7 @@ class LiveConfig:
                 return False
             self._seen = _fingerprint(data)
             try:
-                new = config_from_text(data.decode("utf-8"), self.path)
+                new = config_from_text(data.decode("utf-8"), self.path, serving=True)
             except UnicodeDecodeError as exc:
                 log.warning("config_rejected", path=str(self.path), problem=f"not UTF-8 text: {exc}")
                 return False

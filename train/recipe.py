@@ -214,6 +214,22 @@ GPU_DEMO = Recipe(
     notes="demo preset for one lent GPU; synthetic phantoms only",
 )
 
+# Fine-tuning on chests rendered from real lobe annotations (train.anatomy_run), on a CPU without a
+# lent GPU: the cpu-demo grid and patches (the node's inference grid does not change), a lower
+# learning rate since it starts from trained weights, zoom and rotation augmentation, and two
+# torch threads (the renderer shares the machine only at the start).
+ANATOMY_CPU = CPU_DEMO.replace(
+    preset="anatomy-cpu",
+    learning_rate=4e-4,
+    warmup_steps=20,
+    mil_weight=0.2,
+    scale_jitter=0.1,
+    rotation_jitter_deg=8.0,
+    time_budget_minutes=70.0,
+    num_threads=2,
+    notes="fine-tuning on phantoms rendered from real lobe annotations (m2unet.phantoms), CPU",
+)
+
 # The smallest thing that exercises every code path: for tests and smoke runs.
 SMOKE = Recipe(
     preset="smoke",
@@ -228,7 +244,9 @@ SMOKE = Recipe(
     notes="smoke run: a few steps on tiny phantoms, not a model",
 )
 
-PRESETS: dict[str, Recipe] = {"paper": PAPER, "cpu-demo": CPU_DEMO, "gpu-demo": GPU_DEMO, "smoke": SMOKE}
+PRESETS: dict[str, Recipe] = {
+    "paper": PAPER, "cpu-demo": CPU_DEMO, "gpu-demo": GPU_DEMO, "anatomy-cpu": ANATOMY_CPU, "smoke": SMOKE,
+}
 
 
 def preset(name: str) -> Recipe:

@@ -211,16 +211,22 @@ def build_body(grid: Grid, lobes: np.ndarray, airway: np.ndarray, draw: BodyDraw
     if column_has.any():
         _, nearest = distance_transform_edt(~column_has, return_indices=True)
         base_height = base_height[nearest[0], nearest[1]]
+    # the diaphragm never rises above the lower quarter of the chest: columns whose lung begins
+    # higher (in front of the heart, beside the mediastinum) have heart or mediastinum below it
+    base_height = np.minimum(base_height, base + 0.25 * (apex - base))
     dome = base_height - max(1, int(round(5 / pz)))  # a 5 mm diaphragm
     below = (np.arange(nz)[:, None, None] < dome[None]) & muscle & ~lung
     right = X < cx[:, None, None]
-    organ = below & (tissue != Tissue.BONE) & (tissue != Tissue.MARROW) & (tissue != Tissue.DISC) & (tissue != Tissue.CANAL)
+    keep = (Tissue.BONE, Tissue.MARROW, Tissue.DISC, Tissue.CANAL, Tissue.MYOCARDIUM, Tissue.BLOOD)
+    organ = below & ~np.isin(tissue, keep)
     tissue[organ & right] = Tissue.LIVER
     left = organ & ~right
     tissue[left] = Tissue.SPLEEN
     stomach = left & (Y < cy[:, None, None] + 10) & (X < cx[:, None, None] + half_x[:, None, None] * 0.6)
     tissue[stomach] = Tissue.STOMACH
-    gas = stomach & (Y < cy[:, None, None] - 0.25 * half_y[:, None, None]) & (np.arange(nz)[:, None, None] > dome[None] - int(30 / pz))
+    # a gas bubble in the fundus: just under the left dome
+    bubble = ((X - (cx + 0.4 * half_x)[:, None, None]) / 32.0) ** 2 + ((Y - cy[:, None, None]) / 26.0) ** 2 <= 1
+    gas = stomach & bubble & (np.arange(nz)[:, None, None] > dome[None] - int(25 / pz))
     tissue[gas] = Tissue.GAS
 
     # the lungs and airways themselves

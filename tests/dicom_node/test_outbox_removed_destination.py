@@ -176,7 +176,7 @@ def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp,
     config_path = tmp_path / "node.toml"
     config_path.write_text(
         f'# node for the test\n[node]\ndata_dir = "{data_dir}"\n\n[sender]\nretry_initial = 0.2\nretry_max = 0.4\n\n'
-        '# the PACS, down at first\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 9\n',
+        '[[sources]]\nae_title = "CT1"\n\n# the PACS, down at first\n[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 9\n',
         encoding="utf-8",
     )
     live = LiveConfig(config_path, poll_interval=0.1)
