@@ -141,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    retry = sub.add_parser(
+        "retry",
+        parents=common,
+        help="try a failed series again: its job, or its deliveries a destination refused",
+        description="Re-queue a series whose job failed (the pipeline runs it again) or whose results a "
+        "destination refused for good (the sender sends them again); a series waiting out a full disk is "
+        "retried at once. Safe while the node runs: it picks the change up within a second. Exit 0 when "
+        "something was re-queued, 1 when nothing could be (retention deleted what is needed: re-send the "
+        "series), 2 for an unknown SERIES_UID or a series with nothing failed.",
+    )
+    retry.add_argument("series_uid", metavar="SERIES_UID", help="the Series Instance UID, as m2unet-node status shows it")
+
     purge = sub.add_parser(
         "purge",
         parents=common,
@@ -201,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         from dicom_node.status import print_status
 
         return print_status(args.config, as_json=args.json)
+    if cmd == "retry":
+        from dicom_node.retry import run_retry
+
+        return run_retry(args.config, args.series_uid)
     if cmd == "purge":
         from dicom_node.purge import run_purge
 

@@ -10,12 +10,18 @@ Ingest owns two tables:
 Series life cycle: ``receiving`` (instances arriving) -> ``complete`` (quiet for ``series_timeout``;
 the assembler then runs series selection) -> ``queued`` (handed to the pipeline) or ``skipped``
 (reason says why) -> ``running`` (claimed by the pipeline) -> ``done`` | ``failed`` | ``skipped``.
+A job stopped by a transient resource error (disk full...) goes back ``running`` -> ``queued`` with
+``retry_at`` (:func:`defer_series`; not claimed before then, due at once after a restart) and a
+reason that says so; ``m2unet-node retry`` puts a ``failed`` series back to ``queued``
+(:func:`requeue_failed`).
 
 A repeated SOP Instance UID (rule, :func:`record_instance`): identical dataset bytes change nothing
-(the series is not touched, not even re-opened); different bytes replace the stored instance
-(the newest copy wins), like any new instance. A new or replaced instance in a series that is no
-longer ``receiving`` re-opens it: state back to ``receiving``, ``version`` + 1, reason cleared; it
-then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
+(the series is not touched, not even re-opened). A copy with different bytes never reaches this
+module from the network: the receiver keeps the first copy and refuses the other
+(:mod:`dicom_node.receive`, ``duplicate_sop_instance_conflict``); if one is recorded anyway
+(start-up recovery of a spool file), it replaces the stored row like any new instance. A new
+instance in a series that is no longer ``receiving`` re-opens it: state back to ``receiving``,
+``version`` + 1, reason cleared; it then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
 version is ignored (see :func:`set_series_state`).
 
 Retention (:mod:`dicom_node.retention`) deletes the received instances of old, final, delivered
@@ -46,6 +52,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DB_FILENAME = "state.sqlite3"
 BUSY_TIMEOUT_S = 30.0
@@ -85,6 +92,7 @@ ADDED_SERIES_COLUMNS = (
     ("purged_version", "INTEGER"),
     ("purged_instances", "INTEGER"),  # how many instances that purge deleted
     ("purge_started_at", "REAL"),  # a purge under way (files being deleted); NULL once finished
+    ("retry_at", "REAL"),  # a queued series waiting out a transient resource error: not claimed before
 )
 FINAL_STATES = ("done", "failed", "skipped")
 
@@ -114,6 +122,7 @@ class SeriesRecord:
     purged_at: float | None = None  # retention deleted the instances of purged_version then
     purged_version: int | None = None  # < version: re-opened after the purge (only newer instances)
     purged_instances: int | None = None
+    retry_at: float | None = None  # queued, waiting: not claimed before this time (see defer_series)
 
     @property
     def purged(self) -> bool:
@@ -139,7 +148,7 @@ class InstanceRecord:
 class StoreOutcome(str, enum.Enum):
     STORED = "stored"  # a new SOP Instance UID
     DUPLICATE = "duplicate"  # same UID, same bytes: nothing changed
-    REPLACED = "replaced"  # same UID, different bytes: the newest copy wins
+    REPLACED = "replaced"  # same UID, different bytes (recovery only: the receiver keeps the first copy)
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,9 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _series_from_row(row) -> SeriesRecord:
     names = row.keys()
-    optional = {name: row[name] for name in ("purged_at", "purged_version", "purged_instances") if name in names}
+    optional = {
+        name: row[name] for name in ("purged_at", "purged_version", "purged_instances", "retry_at") if name in names
+    }
     return SeriesRecord(
         study_instance_uid=row["study_instance_uid"],
         series_instance_uid=row["series_instance_uid"],
@@ -259,11 +270,22 @@ def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None)
     return [_series_from_row(r) for r in rows]
 
 
-def stored_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> tuple[str, str] | None:
-    """(digest, path relative to data_dir) of a stored SOP Instance UID, else None."""
+class StoredCopy(NamedTuple):
+    """What ingest holds for a SOP Instance UID: the digest of its dataset bytes, its spool path
+    (relative to ``data_dir``) and its series."""
+
+    digest: str
+    path: str
+    series_instance_uid: str
+
+
+def stored_instance(conn: sqlite3.Connection, sop_instance_uid: str) -> StoredCopy | None:
+    """The stored copy of a SOP Instance UID, else None."""
     with locked(conn):
-        row = conn.execute("SELECT digest, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
-    return (row["digest"], row["path"]) if row else None
+        row = conn.execute(
+            "SELECT digest, path, series_instance_uid FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+    return StoredCopy(row["digest"], row["path"], row["series_instance_uid"]) if row else None
 
 
 def _count(conn: sqlite3.Connection, series_instance_uid: str) -> int:
@@ -377,7 +399,7 @@ def complete_series(
     state = SeriesState(state).value
     with write_transaction(conn):
         cur = conn.execute(
-            "UPDATE series SET state = ?, reason = ?, updated_at = ?"
+            "UPDATE series SET state = ?, reason = ?, retry_at = NULL, updated_at = ?"
             " WHERE series_instance_uid = ? AND version = ? AND state IN (?, ?)",
             (
                 state,
@@ -392,19 +414,21 @@ def complete_series(
         return cur.rowcount == 1
 
 
-def claim_queued_series(conn: sqlite3.Connection) -> SeriesRecord | None:
-    """Atomically move the oldest ``queued`` series to ``running`` and return it (None: none queued)."""
+def claim_queued_series(conn: sqlite3.Connection, now: float | None = None) -> SeriesRecord | None:
+    """Atomically move the oldest ``queued`` series that is not waiting (``retry_at`` unset or
+    past) to ``running`` and return it (None: none due)."""
+    now = time.time() if now is None else now
     with write_transaction(conn):
         row = conn.execute(
-            "SELECT * FROM series WHERE state = ? ORDER BY updated_at, first_received LIMIT 1",
-            (SeriesState.QUEUED.value,),
+            "SELECT * FROM series WHERE state = ? AND (retry_at IS NULL OR retry_at <= ?)"
+            " ORDER BY updated_at, first_received LIMIT 1",
+            (SeriesState.QUEUED.value, now),
         ).fetchone()
         if row is None:
             return None
-        now = time.time()
         conn.execute(
-            "UPDATE series SET state = ?, reason = NULL, updated_at = ? WHERE series_instance_uid = ?",
-            (SeriesState.RUNNING.value, now, row["series_instance_uid"]),
+            "UPDATE series SET state = ?, reason = NULL, retry_at = NULL, updated_at = ? WHERE series_instance_uid = ?",
+            (SeriesState.RUNNING.value, time.time(), row["series_instance_uid"]),
         )
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (row["series_instance_uid"],)).fetchone()
     return _series_from_row(row)
@@ -437,14 +461,41 @@ def set_series_state(
         return conn.execute(sql, args).rowcount == 1
 
 
+def defer_series(conn: sqlite3.Connection, series_instance_uid: str, version: int, retry_at: float, reason: str) -> bool:
+    """A ``running`` series at ``version`` goes back to ``queued``, not to be claimed before
+    ``retry_at`` (a transient resource error: disk full...); ``reason`` says so in ``status``.
+    Returns whether it changed (not when the series moved on to a newer version meanwhile)."""
+    with write_transaction(conn):
+        return conn.execute(
+            "UPDATE series SET state = ?, reason = ?, retry_at = ?, updated_at = ?"
+            " WHERE series_instance_uid = ? AND version = ? AND state = ?",
+            (SeriesState.QUEUED.value, reason, retry_at, time.time(), series_instance_uid, version, SeriesState.RUNNING.value),
+        ).rowcount == 1
+
+
+def requeue_failed(conn: sqlite3.Connection, series_instance_uid: str) -> bool:
+    """``m2unet-node retry``: a ``failed`` series goes back to ``queued``, due at once (its job runs
+    again); a ``queued`` one waiting out a resource error is made due at once. Returns whether it
+    changed."""
+    with write_transaction(conn):
+        return conn.execute(
+            "UPDATE series SET state = ?, reason = NULL, retry_at = NULL, updated_at = ?"
+            " WHERE series_instance_uid = ? AND (state = ? OR (state = ? AND retry_at IS NOT NULL))",
+            (SeriesState.QUEUED.value, time.time(), series_instance_uid, SeriesState.FAILED.value, SeriesState.QUEUED.value),
+        ).rowcount == 1
+
+
 def requeue_running(conn: sqlite3.Connection) -> int:
     """At start-up: series left ``running`` (or ``complete``) by a dead process go back to ``queued``.
 
     ``complete`` is the assembler's short step before ``queued``/``skipped``; a series caught there is
-    moved back to ``receiving`` so the assembler decides again. Returns how many series were moved.
+    moved back to ``receiving`` so the assembler decides again. Series waiting out a resource error
+    (``retry_at``) are due at once: a restart is when space has most likely been freed. Returns how
+    many series were moved (the waiting ones not counted).
     """
     now = time.time()
     with write_transaction(conn):
+        conn.execute("UPDATE series SET retry_at = NULL WHERE retry_at IS NOT NULL")
         n = conn.execute(
             "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
             (SeriesState.QUEUED.value, now, SeriesState.RUNNING.value),

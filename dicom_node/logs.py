@@ -75,7 +75,7 @@ def _log_warning(message, category, filename, lineno, file=None, line=None) -> N
     structlog.get_logger("py.warnings").warning(
         "python_warning",
         category=getattr(category, "__name__", str(category)),
-        message=str(message),
+        message=redact_quoted_values(str(message)),  # "Invalid value for VR DA: '[redacted]'."
         where=f"{Path(str(filename)).name}:{lineno}",
     )
 
@@ -103,11 +103,18 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-# pydicom: "Invalid value for VR DA: '1961-02-03'."; highdicom/pydicom: "Unable to convert '...'"
-_QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+: |Unable to convert |[Vv]alue )'[^']*'")
+# pydicom: "Invalid value for VR DA: '1961-02-03'." (the value's repr: "..." when it holds a quote,
+# b'...' for bytes); "Unable to convert '...' to 'DA'", "Unable to convert non-conformant value
+# '...'"; pynetdicom: "Non-conformant 'Affected SOP Instance UID' value '...'"
+_QUOTED_VALUE = re.compile(
+    r"""(Invalid value for VR \w+: |Unable to convert (?:non-conformant value )?|[Vv]alue )"""
+    r"""b?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+)
 
 
 def redact_quoted_values(text: str) -> str:
+    """``text`` with the quoted attribute values of pydicom's, highdicom's and pynetdicom's value
+    messages replaced by ``'[redacted]'`` (such a value may be a birth date or a name)."""
     return _QUOTED_VALUE.sub(r"\1'[redacted]'", text)
 
 

@@ -1,7 +1,8 @@
 """``m2unet-node run``: wires the SCP, assembler, pipeline worker and sender, and runs until a signal.
 
 Start-up: read the config (live, hot-reloaded), configure logging, open the database, put series
-left ``running`` by a dead process back in the queue, remove half-written spool files, record
+left ``running`` by a dead process back in the queue (and make series waiting out a full disk due
+at once), remove half-written spool files and result / outbox ``.tmp`` files, record
 spool files whose database rows a power cut lost (:mod:`dicom_node.recovery`), finish retention
 purges a crash interrupted and remove folders earlier purges emptied (:mod:`dicom_node.retention`),
 then start the assembler (which re-arms timers for series still ``receiving``), the pipeline
@@ -27,9 +28,12 @@ from dicom_node.assembler import Assembler
 from dicom_node.config import ConfigError, NodeConfig
 from dicom_node.live_config import LiveConfig
 from dicom_node.logs import configure_logging
+from dicom_node.outbox import OUTBOX_DIR
 from dicom_node.pipeline import PipelineWorker
 from dicom_node.receive import Receiver
 from dicom_node.recovery import reconcile_spool
+from dicom_node.results.atomic import sweep_temporary
+from dicom_node.results.records import results_dir
 from dicom_node.retention import remove_empty_folders, resume_interrupted_purges
 from dicom_node.retention_worker import RetentionWorker, note_late_instance
 from dicom_node.scp import StorageSCP
@@ -56,6 +60,7 @@ class Node:
         requeued = db.requeue_running(self.conn)
         self.spool = Spool(self.data_dir)
         swept = self.spool.sweep()
+        swept_results = sweep_temporary(results_dir(self.data_dir)) + sweep_temporary(self.data_dir / OUTBOX_DIR)
         recovered = reconcile_spool(self.conn, self.spool)
         resumed = resume_interrupted_purges(self.conn, self.data_dir)
         emptied = remove_empty_folders(self.data_dir)  # now, before the spool writes: see retention
@@ -63,6 +68,7 @@ class Node:
             "state_opened",
             requeued_series=requeued,
             removed_partial_files=swept,
+            removed_partial_results=swept_results,
             recovered_instances=recovered,
             resumed_purges=resumed,
             removed_empty_folders=emptied,

@@ -10,6 +10,7 @@ or a copy, of the result file, so the sender never reads the pipeline's folders)
   even when the same object is enqueued again (a job re-run after a crash rebuilds identical
   objects with the same UIDs, and enqueueing is ``INSERT OR IGNORE``);
 - ``failed``: refused permanently (see ``sender``); kept with its reason for ``status``;
+  ``m2unet-node retry SERIES_UID`` makes it ``pending`` again (:func:`retry_failed`);
 - ``orphaned``: was pending for a destination that is no longer in the config (``dest remove``
   or an edit). The sender marks them on its next pass (:func:`reconcile_destinations`), with
   ``last_error`` saying so; nothing is deleted (neither the outbox file nor the result folder),
@@ -131,12 +132,17 @@ def _outbox_file(data_dir: Path, obj: OutboxObject) -> Path:
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:
-        os.link(obj.path, tmp)
-    except OSError:
-        shutil.copyfile(obj.path, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-    os.replace(tmp, target)
+        try:
+            os.link(obj.path, tmp)
+        except OSError:
+            shutil.copyfile(obj.path, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # a full disk mid-copy: no partial file stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -306,6 +312,57 @@ def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
             (FAILED, reason, item_id),
         )
     _drop_file_if_done(conn, item_id)
+
+
+@dataclass(frozen=True)
+class RetriedDeliveries:
+    """What :func:`retry_failed` did: rows made ``pending`` again (``{destination: objects}``) and
+    the SOP Instance UIDs it could not retry because their result file is gone."""
+
+    retried: dict[str, int]
+    missing: list[str]
+
+
+def retry_failed(
+    conn: sqlite3.Connection, source_series_uid: str, originals: dict[str, Path], now: float | None = None
+) -> RetriedDeliveries:
+    """``m2unet-node retry``: the ``failed`` rows of a series' objects become ``pending`` again, due
+    at ``now`` with their attempts reset; their outbox file (removed when they failed) is made again
+    from ``originals`` (``{SOP Instance UID: result file}``). Rows whose file is in neither place
+    stay ``failed`` and are listed in ``missing``."""
+    ensure_schema(conn)
+    now = time.time() if now is None else now
+    data_dir = data_dir_of(conn)
+    with locked(conn):
+        rows = conn.execute(
+            "SELECT * FROM outbox WHERE source_series_uid = ? AND state = ? ORDER BY id", (source_series_uid, FAILED)
+        ).fetchall()
+    ready, missing = [], []
+    for row in rows:
+        if not (data_dir / row["path"]).exists():
+            original = originals.get(row["sop_instance_uid"])
+            if original is None or not original.exists():
+                missing.append(row["sop_instance_uid"])
+                continue
+            _outbox_file(
+                data_dir,
+                OutboxObject(original, row["sop_class_uid"], row["sop_instance_uid"], row["study_instance_uid"], source_series_uid),
+            )
+        ready.append(row)
+    retried: dict[str, int] = {}
+    with write_transaction(conn):
+        for row in ready:
+            if conn.execute(
+                "UPDATE outbox SET state = ?, attempts = 0, next_attempt = ?, last_error = NULL WHERE id = ? AND state = ?",
+                (PENDING, now, row["id"], FAILED),
+            ).rowcount:
+                retried[row["destination"]] = retried.get(row["destination"], 0) + 1
+    if retried:
+        with _listeners_lock:
+            listeners = list(_listeners)
+        for callback in listeners:
+            callback()
+    return RetriedDeliveries(retried, sorted(set(missing)))
 
 
 def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:

@@ -18,6 +18,15 @@ and runs the job:
    the outbox for every destination of ``live_config.current`` (none: they stay in the folder),
    the result set is recorded in ``results``, and the series becomes ``done``.
 
+Transient resource errors (:mod:`dicom_node.resource_errors`: disk full, quota, too many open
+files, out of memory) never fail a series: the job stops, leaves no partial file (results are
+written to ``.tmp`` files renamed when whole, removed on failure, and swept at start-up), and the
+series goes back to ``queued`` with a retry time (``db.defer_series``) after
+``RESOURCE_RETRY_INITIAL_S`` (60 s) doubling with each attempt of that version up to
+``RESOURCE_RETRY_MAX_S`` (15 min); ``status`` says so ("waiting: disk full (ENOSPC) while writing
+results, retry in 60 s (attempt 1)") and ``job_waiting`` is logged. A restart retries at once;
+``m2unet-node retry`` too. The job then runs from step 1 and builds the same objects.
+
 Restarts: a series left ``running`` by a dead process is put back to ``queued`` by ingest's
 ``requeue_running`` at start-up; the job runs again from step 1 and yields the same objects (same
 UIDs, same bytes), and the outbox ignores what it already holds, so nothing is delivered twice.
@@ -28,18 +37,20 @@ numbers (``results.uids``).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from dicom_node import db, outbox
+from dicom_node.resource_errors import transient_resource_error
 from dicom_node.results.analysis import analyse
+from dicom_node.results.atomic import write_atomically
 from dicom_node.results.build import build_result_set, write_result_set
 from dicom_node.results.findings import findings_dict
-from dicom_node.results.records import record_result, result_folder, start_job
+from dicom_node.results.records import job_attempts, record_result, result_folder, start_job
 from dicom_node.results.sanitize import scrub_text
 
 log = structlog.get_logger()
@@ -47,6 +58,8 @@ log = structlog.get_logger()
 POLL_SECONDS = 0.5
 WEIGHTS_RETRY_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 120.0
+RESOURCE_RETRY_INITIAL_S = 60.0  # first wait after a transient resource error; doubles per attempt
+RESOURCE_RETRY_MAX_S = 900.0
 
 
 def load_predictor(config):
@@ -62,26 +75,68 @@ def load_predictor(config):
     return predictor
 
 
+@dataclass
+class _Stage:
+    """Where the job is, for the reason of a wait ("while writing results")."""
+
+    name: str = "starting the job"
+
+
 def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
-    """Process one claimed series; returns the state it ends in (``done``, ``failed`` or, when
-    the series moved on to a newer version meanwhile, ``stale``)."""
+    """Process one claimed series; returns the state it ends in: ``done``, ``failed``,
+    ``waiting`` (a transient resource error: queued again with a retry time) or, when the series
+    moved on to a newer version meanwhile, ``stale``."""
+    uid, version = record.series_instance_uid, record.version
+    bound = log.bind(study_uid=record.study_instance_uid, series_uid=uid, calling_ae=record.calling_ae, version=version)
+    stage = _Stage()
+    try:
+        return _run_job(conn, record, predictor, config, bound, stage)
+    except Exception as exc:
+        what = transient_resource_error(exc)
+        if what is None:
+            raise
+        return _wait(conn, record, bound, what, stage.name)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
+
+
+def _wait(conn, record: db.SeriesRecord, bound, what: str, stage: str) -> str:
+    """Queue the series again with a retry time after a transient resource error (see above)."""
+    uid, version = record.series_instance_uid, record.version
+    attempt = max(job_attempts(conn, uid, version), 1)
+    delay = outbox.backoff_delay(attempt, RESOURCE_RETRY_INITIAL_S, RESOURCE_RETRY_MAX_S)
+    reason = f"waiting: {what} while {stage}, retry in {_duration(delay)} (attempt {attempt})"
+    if not db.defer_series(conn, uid, version, time.time() + delay, reason):
+        bound.info("job_stale", stage=stage)
+        return "stale"
+    bound.warning("job_waiting", what=what, stage=stage, retry_in=delay, attempt=attempt)
+    return "waiting"
+
+
+def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _Stage) -> str:
     from dicom_node.reconstruct import reconstruct_series
 
     uid, version = record.series_instance_uid, record.version
-    bound = log.bind(study_uid=record.study_instance_uid, series_uid=uid, calling_ae=record.calling_ae, version=version)
     started = time.perf_counter()
     created = start_job(conn, uid, version)
     paths = db.series_instance_paths(conn, uid)
     bound.info("job_started", instances=len(paths))
+    stage.name = "reading the series"
     try:
         reconstructed = reconstruct_series(paths)
     except ValueError as exc:
+        if transient_resource_error(exc):  # a file that could not be opened for want of descriptors...
+            raise
         reason = getattr(exc, "reason", None) or str(exc)
         db.set_series_state(conn, uid, db.SeriesState.FAILED.value, reason=reason, version=version)
         bound.warning("job_failed", reason=reason)
         return "failed"
     try:
+        stage.name = "analysing the series"
         analysis = analyse(reconstructed, predictor)
+        stage.name = "building results"
         result_set = build_result_set(
             analysis.source,
             analysis.hu,
@@ -92,10 +147,13 @@ def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
             created=created,
             summary_image=config.results.summary_image,
         )
+        stage.name = "writing results"
         folder = result_folder(config.node.data_dir, record.study_instance_uid, uid, version)
         written = write_result_set(result_set, folder)
         write_json(folder / "findings.json", with_exclusions(findings_dict(analysis.findings), reconstructed))
     except Exception as exc:  # the model or a builder failed: the series fails, the node goes on
+        if transient_resource_error(exc):  # ...unless the disk or memory ran out: wait and retry
+            raise
         # no patient/study value in status, the database or the log (the traceback is left out:
         # its frames may hold such values)
         reason = scrub_text(f"{type(exc).__name__}: {exc}", reconstructed.datasets)[:500]
@@ -106,6 +164,7 @@ def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
     if current is None or current.version != version or current.state != db.SeriesState.RUNNING.value:
         bound.info("job_stale", current_version=getattr(current, "version", None), state=getattr(current, "state", None))
         return "stale"
+    stage.name = "queueing results for delivery"
     destinations = [d.name for d in config.destinations]
     objects = [
         outbox.OutboxObject(
@@ -173,12 +232,8 @@ def _failed_where(exc: BaseException) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2).encode("utf-8")
+    write_atomically(path, lambda handle: handle.write(text))
 
 
 class PipelineWorker:
@@ -188,6 +243,7 @@ class PipelineWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
+        self._stranded: list[db.SeriesRecord] = []  # waits the database could not record yet
 
     def start(self) -> None:
         self._conn = db.connect(self.live_config.current.node.data_dir)
@@ -222,6 +278,8 @@ class PipelineWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._stranded:
+                self._defer_stranded()
             predictor = self._predictor_or_none()
             if predictor is None:
                 self._stop.wait(WEIGHTS_RETRY_SECONDS)
@@ -238,7 +296,28 @@ class PipelineWorker:
             try:
                 run_job(self._conn, record, predictor, self.live_config.current)
             except Exception as exc:  # a database error: leave the series running, re-queued at restart
-                log.exception("job_crashed", series_uid=record.series_instance_uid, error=str(exc))
+                what = transient_resource_error(exc)
+                if what is None:
+                    log.exception("job_crashed", series_uid=record.series_instance_uid, error=str(exc))
+                else:  # the database could not even record the wait (its disk is full): retry that
+                    log.error("job_wait_unrecorded", series_uid=record.series_instance_uid, what=what)
+                    self._stranded.append(record)
+
+    def _defer_stranded(self) -> None:
+        """Series whose wait the database could not record: queue them again once it can."""
+        for record in list(self._stranded):
+            try:
+                db.defer_series(
+                    self._conn,
+                    record.series_instance_uid,
+                    record.version,
+                    time.time() + RESOURCE_RETRY_INITIAL_S,
+                    "waiting: the database could not be written (disk full?), retry in "
+                    f"{_duration(RESOURCE_RETRY_INITIAL_S)}",
+                )
+            except Exception:
+                return
+            self._stranded.remove(record)
 
 
 __all__ = ["PipelineWorker", "run_job", "load_predictor"]

@@ -6,9 +6,25 @@ decoded or re-encoded); pixel data is never decompressed here, only its length c
 
 Statuses (PS3.4 B.2.3 and GG.4): success 0x0000; 0x0122 SOP class not supported (a non-CT
 storage class while ``accept_other_storage`` is false); 0xA700 out of resources (disk full, write
-or database error); 0xA900 data set does not match SOP class (UIDs missing or different from the
-command's, pixel data missing or shorter than Rows x Columns x frames says); 0xC000 cannot
-understand (the bytes do not parse as a dataset).
+or database error); 0xA900 data set does not match SOP class (UIDs missing, invalid or different
+from the command's, pixel data missing or shorter than Rows x Columns x frames says); 0xC000
+cannot understand (the bytes do not parse as a dataset); warning 0xB006 elements discarded (a
+duplicate SOP Instance UID with other content, below).
+
+UIDs: the Study, Series and SOP Instance UIDs (and the Frame of Reference UID when present) must
+be valid UIDs (:mod:`dicom_node.uid_syntax`: 1-64 characters, digits and '.', no empty
+component), since they are copied into every result object. An invalid one is refused with
+0xA900 and an Error Comment naming the attribute and the problem ("SeriesInstanceUID: characters
+other than 0-9 and '.'"), never the value.
+
+A repeated SOP Instance UID: the same dataset bytes are a duplicate (success, nothing changes;
+a missing spool file is written again). Other bytes (another content, or another series or study)
+never replace the first copy: it is kept, the new one is discarded, ``duplicate_sop_instance_conflict``
+is logged with the UIDs (no patient data) and the answer is warning 0xB006 "elements discarded"
+with the Error Comment "duplicate SOP Instance UID, other content: first kept". A warning, not a
+failure: the sender learns that its copy was not taken but does not retry it forever. Each SOP
+Instance UID is checked, written and recorded under a lock, so two associations sending the same
+UID at once cannot both win.
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ from __future__ import annotations
 import enum
 import errno
 import sqlite3
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,8 +47,13 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, 
 from dicom_node import db
 from dicom_node.frames import CT_STORAGE_CLASSES
 from dicom_node.spool import Spool, content_digest
+from dicom_node.uid_syntax import uid_problem
 
 log = structlog.get_logger()
+
+ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
+CONFLICT_COMMENT = "duplicate SOP Instance UID, other content: first kept"
+UID_LOCK_STRIPES = 64
 
 
 class StoreStatus(enum.IntEnum):
@@ -40,6 +62,7 @@ class StoreStatus(enum.IntEnum):
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+    ELEMENTS_DISCARDED = 0xB006  # warning: here, a duplicate SOP Instance UID with other content
 
 
 @dataclass(frozen=True)
@@ -47,13 +70,15 @@ class Received:
     status: StoreStatus
     why: str | None = None  # short word for the log on failure
     record: db.RecordResult | None = None  # set when stored (or found identical)
+    comment: str | None = None  # the response's Error Comment (at most 64 characters, no patient data)
 
 
 class InvalidInstance(ValueError):
-    def __init__(self, status: StoreStatus, why: str) -> None:
+    def __init__(self, status: StoreStatus, why: str, comment: str | None = None) -> None:
         super().__init__(why)
         self.status = status
         self.why = why
+        self.comment = comment[:ERROR_COMMENT_MAX] if comment else None
 
 
 def _parse(dataset: bytes, transfer_syntax: UID) -> Dataset:
@@ -71,16 +96,20 @@ def _parse(dataset: bytes, transfer_syntax: UID) -> Dataset:
         raise InvalidInstance(StoreStatus.CANNOT_UNDERSTAND, f"unparsable_dataset:{type(exc).__name__}") from exc
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:
+    """The UID ``keyword`` of ``ds``, checked (``required``: missing is refused too)."""
     try:
         value = ds.get(keyword)
     except Exception as exc:
         raise InvalidInstance(StoreStatus.CANNOT_UNDERSTAND, f"unreadable_{keyword}") from exc
     value = str(value).strip() if value is not None else ""
     if not value:
-        raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"missing_{keyword}")
-    if len(value) > 64:
-        raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"invalid_{keyword}")
+        if not required:
+            return value
+        raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"missing_{keyword}", f"{keyword} missing")
+    problem = uid_problem(value)
+    if problem is not None:
+        raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"invalid_{keyword}", f"{keyword}: {problem}")
     return value
 
 
@@ -131,6 +160,10 @@ class Receiver:
         self.data_dir = db.data_dir_of(conn)
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version = implementation_version
+        self._uid_locks = [threading.Lock() for _ in range(UID_LOCK_STRIPES)]
+
+    def _lock_for(self, sop_instance_uid: str) -> threading.Lock:
+        return self._uid_locks[hash(sop_instance_uid) % UID_LOCK_STRIPES]
 
     def receive(
         self,
@@ -155,46 +188,56 @@ class Receiver:
                 raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID_differs_from_command")
             if _uid(ds, "SOPClassUID") != sop_class_uid:
                 raise InvalidInstance(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID_differs_from_command")
+            _uid(ds, "FrameOfReferenceUID", required=False)
             if is_ct:
                 _check_pixel_data(ds, ts)
         except InvalidInstance as exc:
-            return Received(exc.status, exc.why)
+            return Received(exc.status, exc.why, comment=exc.comment)
 
         digest = content_digest(dataset)
         path = self.spool.instance_path(study_uid, series_uid, sop_instance_uid)
         rel = path.relative_to(self.data_dir).as_posix()
         try:
-            before = db.stored_instance(self.conn, sop_instance_uid)
-            if before != (digest, rel) or not path.exists():
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = sop_class_uid
-                meta.MediaStorageSOPInstanceUID = sop_instance_uid
-                meta.TransferSyntaxUID = ts
-                meta.ImplementationClassUID = self.implementation_class_uid
-                meta.ImplementationVersionName = self.implementation_version
-                meta.SourceApplicationEntityTitle = calling_ae[:16]
-                self.spool.write(path, [_preamble(meta), dataset])
-            record = db.record_instance(
-                self.conn,
-                db.InstanceRecord(
-                    sop_instance_uid=sop_instance_uid,
-                    series_instance_uid=series_uid,
-                    study_instance_uid=study_uid,
-                    sop_class_uid=sop_class_uid,
-                    transfer_syntax_uid=str(ts),
-                    path=rel,
-                    digest=digest,
-                    size=len(dataset),
-                    calling_ae=calling_ae,
-                ),
-                now=time.time(),
-            )
-            if before is not None and before[1] != rel:
-                self.spool.remove(self.data_dir / before[1])  # moved to another series: the old copy goes
+            with self._lock_for(sop_instance_uid):
+                before = db.stored_instance(self.conn, sop_instance_uid)
+                if before is not None and (before.digest, before.path) != (digest, rel):
+                    log.warning(
+                        "duplicate_sop_instance_conflict",
+                        sop_instance_uid=sop_instance_uid,
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        stored_series_uid=before.series_instance_uid,
+                        calling_ae=calling_ae,
+                        kept="first",
+                    )
+                    return Received(StoreStatus.ELEMENTS_DISCARDED, "duplicate_sop_instance_conflict", comment=CONFLICT_COMMENT)
+                if before is None or not path.exists():
+                    meta = FileMetaDataset()
+                    meta.MediaStorageSOPClassUID = sop_class_uid
+                    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+                    meta.TransferSyntaxUID = ts
+                    meta.ImplementationClassUID = self.implementation_class_uid
+                    meta.ImplementationVersionName = self.implementation_version
+                    meta.SourceApplicationEntityTitle = calling_ae[:16]
+                    self.spool.write(path, [_preamble(meta), dataset])
+                record = db.record_instance(
+                    self.conn,
+                    db.InstanceRecord(
+                        sop_instance_uid=sop_instance_uid,
+                        series_instance_uid=series_uid,
+                        study_instance_uid=study_uid,
+                        sop_class_uid=sop_class_uid,
+                        transfer_syntax_uid=str(ts),
+                        path=rel,
+                        digest=digest,
+                        size=len(dataset),
+                        calling_ae=calling_ae,
+                    ),
+                    now=time.time(),
+                )
         except OSError as exc:
             why = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"write_error:{errno.errorcode.get(exc.errno or 0, 'unknown')}"
             return Received(StoreStatus.OUT_OF_RESOURCES, why)
         except sqlite3.Error as exc:
             return Received(StoreStatus.OUT_OF_RESOURCES, f"database_error:{type(exc).__name__}")
         return Received(StoreStatus.SUCCESS, None, record)
-

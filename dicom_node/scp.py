@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import structlog
 from pydicom import uid as uids
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -37,8 +38,9 @@ from dicom_node.config import NodeConfig
 from dicom_node.connection_guard import ARTIM_S, PENDING_TOTAL, ConnectionGuard
 from dicom_node.db import RecordResult
 from dicom_node.frames import CT_STORAGE_CLASSES
-from dicom_node.receive import Receiver, StoreStatus
+from dicom_node.receive import Receiver, Received, StoreStatus
 from dicom_node.socket_tuning import tune_accepted_socket
+from dicom_node.uid_syntax import loggable_uid
 
 log = structlog.get_logger()
 
@@ -79,12 +81,22 @@ LOCAL_LIMIT_EXCEEDED = _LocalLimit(0x02, "too_many_associations")  # reason 2 of
 
 
 class _AssociationStats:
-    __slots__ = ("calling_ae", "started", "stored", "duplicates", "failed", "bytes")
+    __slots__ = ("calling_ae", "started", "stored", "duplicates", "conflicts", "failed", "bytes")
 
     def __init__(self, calling_ae: str) -> None:
         self.calling_ae = calling_ae
         self.started = time.monotonic()
-        self.stored = self.duplicates = self.failed = self.bytes = 0
+        self.stored = self.duplicates = self.conflicts = self.failed = self.bytes = 0
+
+
+def store_response(result: Received) -> int | Dataset:
+    """The C-STORE response status: the bare status, or with its Error Comment when it has one."""
+    if not result.comment:
+        return int(result.status)
+    response = Dataset()
+    response.Status = int(result.status)
+    response.ErrorComment = result.comment
+    return response
 
 
 class StorageSCP:
@@ -222,6 +234,7 @@ class StorageSCP:
             how={evt.EVT_RELEASED: "released", evt.EVT_ABORTED: "aborted"}.get(event.event, "closed"),
             stored=stats.stored,
             duplicates=stats.duplicates,
+            conflicts=stats.conflicts,
             failed=stats.failed,
             megabytes=round(stats.bytes / 1e6, 1),
             seconds=round(time.monotonic() - stats.started, 3),
@@ -248,22 +261,26 @@ class StorageSCP:
             )
             size = len(dataset)
         except Exception as exc:  # the node never dies on bad input
-            log.error("store_failed", calling_ae=calling_ae, sop_instance_uid=str(request.AffectedSOPInstanceUID), error=type(exc).__name__)
+            log.error("store_failed", calling_ae=calling_ae, sop_instance_uid=loggable_uid(request.AffectedSOPInstanceUID), error=type(exc).__name__)
             if stats:
                 stats.failed += 1
             return int(StoreStatus.CANNOT_UNDERSTAND)
+        if result.status == StoreStatus.ELEMENTS_DISCARDED:  # a conflicting duplicate: the receiver logged it
+            if stats:
+                stats.conflicts += 1
+            return store_response(result)
         if result.status != StoreStatus.SUCCESS:
             log.warning(
                 "store_refused",
                 calling_ae=calling_ae,
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=loggable_uid(request.AffectedSOPInstanceUID),
+                sop_class_uid=loggable_uid(request.AffectedSOPClassUID),
                 status=f"0x{int(result.status):04X}",
                 reason=result.why,
             )
             if stats:
                 stats.failed += 1
-            return int(result.status)
+            return store_response(result)
         record = result.record
         duplicate = record.outcome.value == "duplicate"
         if stats:

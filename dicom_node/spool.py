@@ -94,13 +94,6 @@ class Spool:
             raise
         fsync_dir(folder)
 
-    def remove(self, path: Path) -> None:
-        """Remove a file the database no longer refers to (missing is fine)."""
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
     def sweep(self) -> int:
         """Remove the temporary files of writes that a crash interrupted; returns how many."""
         removed = 0

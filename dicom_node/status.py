@@ -5,7 +5,9 @@ JSON: ``{"data_dir", "counts": {state: n}, "series": [...], "deliveries": {...},
 "retention": {...}}`` where each series has ``study_instance_uid``, ``series_instance_uid``,
 ``calling_ae``, ``instances``, ``state``, ``reason``, ``version``, ``first_received``,
 ``last_received`` (UTC, ISO 8601), ``qc`` (for a ``done`` series, the quality check of its
-result: ``{"passed": bool, "failed": [check names]}``; null otherwise) and ``purged_at`` (UTC;
+result: ``{"passed": bool, "failed": [check names]}``; null otherwise), ``retry_at`` (UTC; for a
+``queued`` series waiting out a transient resource error such as a full disk, when its job is
+tried again; its ``reason`` says "waiting: disk full ..."; null otherwise) and ``purged_at`` (UTC;
 null unless retention deleted the received instances of version ``purged_version``, ``purged_instances`` of them; ``purged`` is true
 when that is the current version, and a ``purged_version`` below ``version`` means the series was
 re-opened by later instances and holds only those); ``disk`` is ``used_bytes`` under data_dir with
@@ -130,6 +132,7 @@ def collect_status(
             "purged_version": s.purged_version,
             "purged_instances": s.purged_instances,
             "qc": verdicts.get((s.series_instance_uid, s.version)) if s.state == "done" else None,
+            "retry_at": _iso(s.retry_at) if s.state == "queued" and s.retry_at else None,
         }
         for s in db.list_series(conn)
     ]

@@ -7,7 +7,6 @@ a job re-run after a crash rebuilds exactly what a first run may already have qu
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_node.results.atomic import write_atomically
 from dicom_node.results.findings import Findings
+from dicom_node.results.records import FILE_NAMES
 from dicom_node.results.seg import build_seg
 from dicom_node.results.source import SourceSeries
 from dicom_node.results.sr import build_sr
@@ -25,7 +26,6 @@ from dicom_node.results.summary import build_summary
 from dicom_node.results.uids import ResultKind, result_identity
 from dicom_node.spool import fsync_dir
 
-FILE_NAMES = {ResultKind.SEG: "seg.dcm", ResultKind.SR: "sr.dcm", ResultKind.SUMMARY: "summary.dcm"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def build_result_set(
 
 
 def write_result_set(result_set: ResultSet, folder: Path) -> dict[ResultKind, Path]:
-    """Write each object as ``seg.dcm``, ``sr.dcm``, ``summary.dcm`` (fsynced, atomic rename)."""
+    """Write each object as ``seg.dcm``, ``sr.dcm``, ``summary.dcm`` (fsynced, atomic rename; a
+    failed write leaves no partial file)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for kind, dataset in result_set.objects().items():
@@ -88,10 +89,6 @@ def write_result_set(result_set: ResultSet, folder: Path) -> dict[ResultKind, Pa
 
 
 def write_dataset(dataset: Dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        dataset.save_as(handle, enforce_file_format=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """The DICOM file, whole or not at all (:mod:`dicom_node.results.atomic`)."""
+    write_atomically(path, lambda handle: dataset.save_as(handle, enforce_file_format=True))
 

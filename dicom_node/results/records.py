@@ -23,8 +23,10 @@ from datetime import datetime
 from pathlib import Path
 
 from dicom_node.db import data_dir_of, locked
+from dicom_node.results.uids import ResultKind
 
 RESULTS_DIR = "results"
+FILE_NAMES = {ResultKind.SEG: "seg.dcm", ResultKind.SR: "sr.dcm", ResultKind.SUMMARY: "summary.dcm"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -107,6 +109,16 @@ def start_job(conn: sqlite3.Connection, series_instance_uid: str, version: int) 
     return datetime.fromtimestamp(int(started))  # local time, as DICOM dates are
 
 
+def job_attempts(conn: sqlite3.Connection, series_instance_uid: str, version: int) -> int:
+    """How many times this series version was started (0: never)."""
+    ensure_schema(conn)
+    with locked(conn):
+        row = conn.execute(
+            "SELECT attempts FROM jobs WHERE series_instance_uid = ? AND version = ?", (series_instance_uid, version)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def record_result(
     conn: sqlite3.Connection,
     *,
@@ -163,6 +175,25 @@ def qc_verdicts(conn: sqlite3.Connection) -> dict[tuple[str, int], dict]:
         }
         for r in rows
     }
+
+
+def result_files(conn: sqlite3.Connection, series_instance_uid: str) -> dict[str, Path]:
+    """``{SOP Instance UID: file}`` of every recorded result object of the series (all versions;
+    a file may be gone if retention removed its folder)."""
+    ensure_schema(conn)
+    data_dir = data_dir_of(conn)
+    with locked(conn):
+        rows = conn.execute(
+            "SELECT folder, seg_sop_instance_uid, sr_sop_instance_uid, summary_sop_instance_uid FROM results"
+            " WHERE series_instance_uid = ?",
+            (series_instance_uid,),
+        ).fetchall()
+    files = {}
+    for folder, seg, sr, summary in rows:
+        for kind, uid in ((ResultKind.SEG, seg), (ResultKind.SR, sr), (ResultKind.SUMMARY, summary)):
+            if uid:
+                files[uid] = data_dir / folder / FILE_NAMES[kind]
+    return files
 
 
 def kept_results(conn: sqlite3.Connection) -> list[dict]:

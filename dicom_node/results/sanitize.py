@@ -39,6 +39,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.valuerep import DA, DT, TM, validate_value
 
+from dicom_node.logs import redact_quoted_values
+
 _REFERENCE_KEYS = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
 _CODE_KEYS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
 _CODE_VALUE_KEYS = ("CodeValue", "LongCodeValue", "URNCodeValue")
@@ -138,14 +140,11 @@ def _repair_patient_and_study(header: Dataset, repairs: HeaderRepairs) -> None:
             repairs.missing.add(keyword)
 
 
-_QUOTED_VALUE = re.compile(r"(Invalid value for VR \w+: |Unable to convert |[Vv]alue )'[^']*'")
-
-
 def scrub_text(text: str, datasets=()) -> str:
     """``text`` with no value of a patient/study attribute of ``datasets`` left in it, and with
     the quoted values of pydicom's and highdicom's value errors replaced: for error texts that go
     to a log, ``status`` or the database."""
-    text = _QUOTED_VALUE.sub(r"\1'[redacted]'", str(text))
+    text = redact_quoted_values(str(text))
     secrets: set[str] = set()
     for dataset in [datasets] if isinstance(datasets, Dataset) else list(datasets):
         for element in dataset:

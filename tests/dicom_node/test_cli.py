@@ -20,6 +20,7 @@ from dicom_node.cli import build_parser, main
         (["dest", "echo", "pacs"], {"action": "echo", "name": "pacs"}),
         (["dest", "remove", "pacs"], {"action": "remove", "name": "pacs"}),
         (["status", "--json"], {"command": "status", "json": True}),
+        (["retry", "1.2.3", "--config", "d.toml"], {"command": "retry", "series_uid": "1.2.3", "config": "d.toml"}),
         (["process", "in", "--out", "out"], {"series_dir": "in", "out": "out"}),
         (["send-demo", "--port", "11112"], {"command": "send-demo", "port": 11112, "host": None}),
     ],
@@ -44,7 +45,7 @@ def test_help_names_every_command_and_the_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("run", "check-config", "ae", "dest", "process", "status", "send-demo"):
+    for command in ("run", "check-config", "ae", "dest", "process", "status", "retry", "send-demo"):
         assert f"\n    {command}" in text
     assert "M2UNET_CONFIG" in text and "exit status" in text
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import warnings
 from datetime import datetime
 
 import pydicom
@@ -144,3 +146,54 @@ def test_library_chatter_is_quiet_but_library_warnings_show():
     logging.getLogger("pynetdicom.assoc").info("Association Accepted")
     logging.getLogger("highdicom.seg").warning("odd segment")
     assert [r["event"] for r in json_lines(out)] == ["odd segment"]
+
+
+def test_a_pydicom_invalid_value_warning_is_one_json_line_without_the_value():
+    out = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure_logging("json", stream=out)
+        ds = pydicom.Dataset()
+        ds.PatientBirthDate = "1961-02-03"  # not a DA: pydicom warns, quoting the value
+    text = out.getvalue()
+    records = json_lines(out)  # every line is JSON: no raw "UserWarning:" line between them
+    [warning] = [r for r in records if r["event"] == "python_warning"]
+    assert warning["level"] == "warning" and warning["category"] == "UserWarning"
+    assert warning["message"].startswith("Invalid value for VR DA: '[redacted]'.")
+    assert re.fullmatch(r"[\w.]+\.py:\d+", warning["where"]), warning["where"]  # file:line, no folder
+    assert "1961-02-03" not in text and "19610203" not in text
+
+
+@pytest.mark.parametrize(
+    "message,secret",
+    [
+        ("Invalid value for VR PN: \"O'Brien^Mary\".", "Brien"),  # repr in double quotes (it holds a ')
+        ("Invalid value for VR DA: b'1961-02-03'.", "1961"),  # a bytes value
+        ("Invalid value for VR LO: 'it\\'s \"Mary\"'.", "Mary"),  # both quotes, escaped
+        ("Unable to convert non-conformant value '19610203X' to 'DA' object", "19610203"),
+        ("Non-conformant 'Patient ID' value 'MRN-0042'", "MRN-0042"),
+    ],
+)
+def test_quoted_values_of_library_warnings_are_stripped(message, secret):
+    out = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure_logging("json", stream=out)
+        warnings.warn(message, UserWarning)
+    [record] = json_lines(out)
+    assert record["event"] == "python_warning" and "[redacted]" in record["message"]
+    assert secret not in out.getvalue()
+
+
+def test_other_warnings_keep_their_message_and_category():
+    out = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        configure_logging("json", stream=out)
+        warnings.warn("weights trained on synthetic phantoms only", RuntimeWarning)
+    [record] = json_lines(out)
+    assert (record["event"], record["category"], record["message"]) == (
+        "python_warning",
+        "RuntimeWarning",
+        "weights trained on synthetic phantoms only",
+    )

@@ -63,3 +63,21 @@ def database_text(data_dir: Path) -> str:
         return "\n".join(parts)
     finally:
         conn.close()
+
+
+def c_store(port: int, datasets, calling_ae: str = "SCANNER", called_ae: str = "M2UNET") -> list:
+    """C-STORE each pydicom dataset over one pynetdicom association; the response status datasets
+    (``Status``, and ``ErrorComment`` when the node sent one), in order."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
+        ae.add_requested_context(sop_class, [str(datasets[0].file_meta.TransferSyntaxUID)])
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established, "association not established"
+    try:
+        return [assoc.send_c_store(ds) for ds in datasets]
+    finally:
+        assoc.release()
+        ae.shutdown()
