@@ -169,6 +169,29 @@ def cmd_measure(args) -> int:
     return 0
 
 
+LOBE_KEYS = ("dsc", "dsc_right_upper", "dsc_right_middle", "dsc_right_lower", "dsc_left_upper", "dsc_left_lower")
+
+
+def compare(results: dict[str, dict]) -> dict:
+    """Mean lobe Dice per measured weights on the held-out anatomy cases they all scored."""
+    common = set.intersection(*({r["case"] for r in data["holdout-anatomy"]} for data in results.values()))
+    table = {}
+    for name, data in results.items():
+        rows = [r for r in data["holdout-anatomy"] if r["case"] in common]
+        table[name] = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in LOBE_KEYS}
+        table[name]["worst_lobe_case"] = round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in rows)), 4)
+        table[name]["real_ct_checks_pass"] = data["real_ct"]["all_pass"]
+        table[name]["real_ct_probability_severe"] = data["real_ct"]["probability_severe"]
+    return {"cases": len(common), "mean": table}
+
+
+def cmd_compare(args) -> int:
+    out = Path(args.out)
+    results = {p.stem.removeprefix("measured-"): json.loads(p.read_text()) for p in sorted(out.glob("measured-*.json"))}
+    print(json.dumps(compare(results), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.anatomy_run", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(run=cmd_measure)
+    p = sub.add_parser("compare", help="measured weights side by side on the common held-out cases")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_compare)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -1,0 +1,40 @@
+"""The real-anatomy training run's bookkeeping: fixed held-out split, forced severity, comparison."""
+
+from __future__ import annotations
+
+from m2unet.phantoms import HELD_OUT, annotation_name, split_annotations
+from train.anatomy_data import forced_severity, training_seed
+from train.anatomy_run import LOBE_KEYS, compare
+from tests.support.paths import SHARED
+
+
+def _row(case, value):
+    return {"case": case, **{k: value for k in LOBE_KEYS}}
+
+
+def test_compare_uses_only_the_cases_every_weights_file_scored():
+    real = {"all_pass": True, "probability_severe": 0.01}
+    results = {
+        "old": {"holdout-anatomy": [_row("a", 0.5), _row("b", 0.7)], "real_ct": real},
+        "new": {"holdout-anatomy": [_row("a", 0.9), _row("b", 0.9), _row("c", 0.1)], "real_ct": real},
+    }
+    table = compare(results)
+    assert table["cases"] == 2
+    assert table["mean"]["old"]["dsc"] == 0.6 and table["mean"]["new"]["dsc"] == 0.9  # "c" left out
+    assert table["mean"]["old"]["worst_lobe_case"] == 0.5
+
+
+def test_seeds_and_severity_are_fixed_and_about_two_in_five_severe():
+    assert training_seed(3, 2) == 3002 and training_seed(3, 2) != training_seed(2, 3)
+    labels = [forced_severity(s) for s in range(2000)]
+    assert labels == [forced_severity(s) for s in range(2000)]
+    assert 0.35 < labels.count("severe") / 2000 < 0.45
+
+
+def test_the_held_out_chests_are_never_in_the_training_split():
+    folder = SHARED / "data" / "lobe-masks"
+    paths = sorted(folder.glob("*_LobeSegmentation.nrrd"))
+    train, held = split_annotations(paths)
+    assert {annotation_name(p) for p in train}.isdisjoint(HELD_OUT)
+    if paths:
+        assert len(held) == 8 and len(train) == 32
