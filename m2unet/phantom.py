@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from m2unet.labels import CLASS_TO_LOBE, Lobe, to_lobe_map
+from m2unet.labels import CLASS_TO_LOBE, Lobe
 from m2unet.phantom_anatomy import Anatomy, ChestSections, central_tubes, sample_anatomy
 from m2unet.phantom_geometry import Grid, sample_grid
 from m2unet.phantom_lesions import (
@@ -41,7 +41,7 @@ from m2unet.phantom_lesions import (
     thresholds,
 )
 from m2unet.phantom_scanners import ScannerProfile, resolve_scanner
-from m2unet.phantom_severity import is_severe, lobe_severity_score
+from m2unet.phantom_severity import LabelledCase, is_severe, lobe_severity_score
 from m2unet.phantom_tubes import TubePainter
 from m2unet.phantom_vessels import lobe_trees
 from m2unet.volume import IDENTITY_DIRECTION, Volume
@@ -54,7 +54,7 @@ _MAX_HU = 3071
 
 
 @dataclass(frozen=True)
-class Phantom:
+class Phantom(LabelledCase):
     """One synthetic case. Arrays are indexed (z, y, x) on ``volume``'s grid."""
 
     seed: int
@@ -70,15 +70,6 @@ class Phantom:
     noise_sd_hu: float
     anatomy: Anatomy = field(repr=False)
     design: LesionDesign = field(repr=False)
-
-    @property
-    def severity(self) -> str:
-        return "severe" if self.severe else "non-severe"
-
-    @property
-    def lobe_map(self) -> np.ndarray:
-        """The 5-lobe map (:class:`Lobe` labels; the lingula merged into the left upper lobe)."""
-        return to_lobe_map(self.class_map)
 
     @property
     def case_key(self) -> str:

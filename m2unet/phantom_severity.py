@@ -21,6 +21,9 @@ the lesion masks it drew, the node scores the opacity it measures in HU.
 
 from __future__ import annotations
 
+import numpy as np
+
+from m2unet.labels import to_lobe_map
 from m2unet.quantify import severity_score
 
 SEVERE_TOTAL_SCORE = 18
@@ -39,3 +42,20 @@ def is_severe(total_score: int) -> bool:
     if not 0 <= total_score <= 25:
         raise ValueError(f"total_score = {total_score!r} is outside 0..25")
     return total_score >= SEVERE_TOTAL_SCORE
+
+
+class LabelledCase:
+    """What every phantom case says of itself from its ``severe`` flag and 7-class ``class_map``
+    (a mixin of :class:`m2unet.phantom.Phantom` and :class:`m2unet.phantoms.AnatomyPhantom`)."""
+
+    severe: bool
+    class_map: np.ndarray
+
+    @property
+    def severity(self) -> str:
+        return "severe" if self.severe else "non-severe"
+
+    @property
+    def lobe_map(self) -> np.ndarray:
+        """The 5-lobe map (:class:`m2unet.labels.Lobe` labels; the lingula merged into the left upper lobe)."""
+        return to_lobe_map(self.class_map)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2unet.labels import Lobe, SegmentationClass, to_lobe_map
+from m2unet.labels import Lobe, SegmentationClass
 from m2unet.phantom_geometry import Grid
+from m2unet.phantom_severity import LabelledCase
 from m2unet.phantom_tubes import TubePainter
 from m2unet.phantom_vessels import lobe_trees
 from m2unet.phantoms.annotations import Annotation
@@ -37,7 +38,7 @@ _LOBE_CLASS = {
 
 
 @dataclass(frozen=True)
-class AnatomyPhantom:
+class AnatomyPhantom(LabelledCase):
     """One case; arrays (z, y, x) on ``volume``'s grid."""
 
     annotation: str
@@ -52,13 +53,6 @@ class AnatomyPhantom:
     lesions: LesionDraw
     appearance: AppearanceDraw
 
-    @property
-    def severity(self) -> str:
-        return "severe" if self.severe else "non-severe"
-
-    @property
-    def lobe_map(self) -> np.ndarray:
-        return to_lobe_map(self.class_map)
 
 
 def class_map_of(lobes: np.ndarray) -> np.ndarray:
