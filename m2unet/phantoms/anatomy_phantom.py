@@ -21,7 +21,7 @@ from m2unet.phantom_tubes import TubePainter
 from m2unet.phantom_vessels import lobe_trees
 from m2unet.phantoms.annotations import Annotation
 from m2unet.phantoms.appearance import AppearanceDraw, draw_appearance, scanner, slice_labels, tissue_hu
-from m2unet.phantoms.body import build_body, draw_body
+from m2unet.phantoms.body import Tissue, build_body, draw_body
 from m2unet.phantoms.deform import draw_warp, warp_annotation
 from m2unet.phantoms.lesions import LesionDraw, Lesions, draw_lesions, paint_lesions
 from m2unet.volume import IDENTITY_DIRECTION, Volume
@@ -149,12 +149,12 @@ def make_anatomy_phantom(
         total_points=sum(len(p) for p in points.values()),
         hilum_radius=float(rng_vessel.uniform(4.5, 6.5)),
         min_radius=max(0.6, 0.5 * min(grid.spacing[:2])),
-        value=look.tissue_hu[6],  # Tissue.BLOOD
+        value=look.tissue_hu[Tissue.BLOOD],
     )
     TubePainter(vessels.split(12.0), grid).blend(hu, grid.axis("z"))
     if lesions.consolidation.any():  # vessels vanish inside consolidation
         np.copyto(hu, lesions.hu, where=lesions.consolidation)
-    hu[anatomy.airway] = look.tissue_hu[14]  # Tissue.AIRWAY: lumen stays air
+    hu[anatomy.airway] = look.tissue_hu[Tissue.AIRWAY]  # the lumen stays air
 
     m = look.planes_per_slice
     volume_hu = scanner(rng_noise, hu, look)

@@ -137,7 +137,7 @@ def _coarse_field(rng: np.random.Generator, lung: np.ndarray, step: np.ndarray, 
         prior = 0.6 * y + 0.4 * z
     else:
         prior = np.zeros(lung.shape)
-    return (field + draw.prior_weight * 2.0 * _standard(prior) * (draw.distribution != "diffuse")).astype(np.float32)
+    return (field + draw.prior_weight * 2.0 * _standard(prior)).astype(np.float32)
 
 
 def _to_fine(coarse: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -199,7 +199,7 @@ def paint_lesions(rng: np.random.Generator, grid: Grid, lobes: np.ndarray, draw:
     margin, core = draw.ground_glass_hu
     sub_hu = margin + (core - margin) * np.sqrt(strength)
     if draw.family == "crazy_paving":
-        reticule = gaussian_filter(rng.standard_normal(sub.shape).astype(np.float32), 2.5 / spacing[::-1] * 1.0)
+        reticule = gaussian_filter(rng.standard_normal(sub.shape).astype(np.float32), 2.5 / spacing[::-1])
         lines = np.abs(reticule) < 0.12 * reticule.std()
         sub_hu = np.where(lines, sub_hu + draw.septal_hu, sub_hu)
     texture = gaussian_filter(rng.standard_normal(sub.shape).astype(np.float32), 1.0) * 25.0
