@@ -2,7 +2,8 @@
 
     python -m train.anatomy_run render  --out out/anatomy --per-annotation 3
     python -m train.anatomy_run holdout --out out/anatomy --per-annotation 2 --look 2
-    python -m train.anatomy_run fit     --out out/anatomy --minutes 70        # CPU, from 0.2.0
+    python -m train.anatomy_run fit     --out out/anatomy --minutes 70        # CPU, from the shipped weights
+    python -m train.anatomy_run fit     --out out/anatomy --run run-b --epochs 40 --learning-rate 2e-4
     python -m train.anatomy_run measure --out out/anatomy --weights out/anatomy/candidate.pt --name new
     python -m train.anatomy_run measure --out out/anatomy --weights m2unet/weights/m2unet-demo.pt --name shipped
     python -m train.anatomy_run compare --out out/anatomy                      # the two side by side
@@ -57,8 +58,13 @@ def cmd_fit(args) -> int:
         print(f"waiting for the renderer: {len(cases)} cases", flush=True)
         time.sleep(30)
         cases += load_new(seen)
-    recipe = ANATOMY_CPU.replace(time_budget_minutes=args.minutes, init_from=str(args.init_from))
-    run = out / "run"
+    changes = {"time_budget_minutes": args.minutes, "init_from": str(args.init_from)}
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    if args.learning_rate:
+        changes["learning_rate"] = args.learning_rate
+    recipe = ANATOMY_CPU.replace(**changes)
+    run = out / args.run_name
     snapshots = run / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
 
@@ -83,7 +89,7 @@ def cmd_export(args) -> int:
     from train.export import export_model, load_run_model
 
     out = Path(args.out)
-    model, recipe = load_run_model(out / "run")
+    model, recipe = load_run_model(out / args.run_name)
     if args.snapshot:
         model.load_state_dict(torch.load(args.snapshot, map_location="cpu", weights_only=True))
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
@@ -210,10 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=70.0)
     p.add_argument("--min-cases", type=int, default=32)
     p.add_argument("--init-from", default=str(SHIPPED))
+    p.add_argument("--run", dest="run_name", default="run", help="run folder under OUT (a new one for a new recipe)")
+    p.add_argument("--epochs", type=int, help="epochs of 100 steps (the preset's 20 unless given)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (the preset's 4e-4 unless given)")
     p.set_defaults(run=cmd_fit)
     p = sub.add_parser("export", help="a run snapshot as a weights file")
     p.add_argument("--out", required=True)
     p.add_argument("--to", required=True)
+    p.add_argument("--run", dest="run_name", default="run", help="run folder under OUT")
     p.add_argument("--snapshot")
     p.add_argument("--version", default="candidate")
     p.add_argument("--threshold", type=float, default=0.5)
