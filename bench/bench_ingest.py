@@ -9,7 +9,7 @@ Runs, in one go, each receiver in its own process and the sender in this one:
 - ``node``: ``m2unet-node run`` (SCP, spool, database, assembler, and whatever pipeline and sender
   are installed, idle);
 - ``node-scp-untuned``: the node's SCP alone without its socket tuning (TCP_NODELAY, TCP_QUICKACK,
-  large reads: :mod:`dicom_node.socket_tuning`), i.e. pynetdicom's own socket handling (an ablation).
+  large reads: :mod:`dicom_node.ingest.socket_tuning`), i.e. pynetdicom's own socket handling (an ablation).
 
 The sender is pynetdicom streaming the files as stored (no decoding), with TCP_NODELAY. Then four
 senders (processes) send four different series to the node at once; every instance must be
@@ -109,11 +109,11 @@ def baseline_scp(port: int, folder: Path) -> None:
 
 
 def node_scp_only(port: int, data_dir: Path, tuned: bool) -> None:
-    from dicom_node.config import NodeConfig, NodeSettings
-    from dicom_node.db import connect
-    from dicom_node.receive import Receiver
-    from dicom_node.scp import StorageSCP
-    from dicom_node.spool import Spool
+    from dicom_node.config.model import NodeConfig, NodeSettings
+    from dicom_node.state.db import connect
+    from dicom_node.ingest.receive import Receiver
+    from dicom_node.ingest.scp import StorageSCP
+    from dicom_node.ingest.spool import Spool
 
     import logging
 
@@ -135,9 +135,9 @@ def storage_only(files: list[Path], folder: Path) -> tuple[float, float]:
     vs the node's check, spool (temporary file, fsync, rename, folder fsync) and database record."""
     from pydicom.filereader import read_file_meta_info
 
-    from dicom_node.db import connect
-    from dicom_node.receive import Receiver as NodeReceiver
-    from dicom_node.spool import Spool
+    from dicom_node.state.db import connect
+    from dicom_node.ingest.receive import Receiver as NodeReceiver
+    from dicom_node.ingest.spool import Spool
 
     payloads = []
     for f in files:
@@ -268,7 +268,7 @@ def main() -> int:
                 failures = sum(1 for s in statuses if s != 0)
                 from pydicom import dcmread
 
-                from dicom_node import db
+                from dicom_node.state import db
 
                 conn = db.connect(node.data_dir)
                 stored = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dicom_node.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from dicom_node.config.model import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
 
 EPILOG = f"""\
@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_node(args.config)
     if cmd == "check-config":
-        from dicom_node.admin import check_config
+        from dicom_node.config.admin import check_config
 
         return check_config(args.config)
     if cmd == "ae":
-        from dicom_node import admin
+        from dicom_node.config.model import admin
 
         if args.action == "list":
             return admin.ae_list(args.config)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return admin.ae_add(args.config, args.ae_title, host=args.host)
         return admin.ae_remove(args.config, args.ae_title)
     if cmd == "dest":
-        from dicom_node import admin
+        from dicom_node.config.model import admin
 
         if args.action == "list":
             return admin.dest_list(args.config)
@@ -206,23 +206,23 @@ def main(argv: list[str] | None = None) -> int:
             return admin.dest_remove(args.config, args.name)
         return admin.dest_echo(args.config, args.name)
     if cmd == "process":
-        from dicom_node.offline import process_series
+        from dicom_node.pipeline.offline import process_series
 
         return process_series(args.series_dir, args.out, config_path=args.config, weights=args.weights, device=args.device)
     if cmd == "status":
-        from dicom_node.status import print_status
+        from dicom_node.ops.status import print_status
 
         return print_status(args.config, as_json=args.json)
     if cmd == "retry":
-        from dicom_node.retry import run_retry
+        from dicom_node.ops.retry import run_retry
 
         return run_retry(args.config, args.series_uid)
     if cmd == "purge":
-        from dicom_node.purge import run_purge
+        from dicom_node.ops.purge import run_purge
 
         return run_purge(args.config, dry_run=args.dry_run, as_json=args.json)
     if cmd == "send-demo":
-        from dicom_node.demo import send_demo
+        from dicom_node.ops.demo import send_demo
 
         return send_demo(
             args.config,

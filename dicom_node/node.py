@@ -3,8 +3,8 @@
 Start-up: read the config (live, hot-reloaded), configure logging, open the database, put series
 left ``running`` by a dead process back in the queue (and make series waiting out a full disk due
 at once), remove half-written spool files and result / outbox ``.tmp`` files, record
-spool files whose database rows a power cut lost (:mod:`dicom_node.recovery`), finish retention
-purges a crash interrupted and remove folders earlier purges emptied (:mod:`dicom_node.retention`),
+spool files whose database rows a power cut lost (:mod:`dicom_node.ops.recovery`), finish retention
+purges a crash interrupted and remove folders earlier purges emptied (:mod:`dicom_node.ops.retention`),
 then start the assembler (which re-arms timers for series still ``receiving``), the pipeline
 worker, the sender, the retention job (a pass at start-up, then every ``[retention]
 check_interval``), and last the SCP, so that nothing is accepted before it can be handled.
@@ -23,22 +23,22 @@ from collections.abc import Callable
 
 import structlog
 
-from dicom_node import db
-from dicom_node.assembler import Assembler
-from dicom_node.config import ConfigError, NodeConfig
-from dicom_node.live_config import LiveConfig
-from dicom_node.logs import configure_logging
-from dicom_node.outbox import OUTBOX_DIR
-from dicom_node.pipeline import PipelineWorker
-from dicom_node.receive import Receiver
-from dicom_node.recovery import reconcile_spool
+from dicom_node.state import db
+from dicom_node.series.assembler import Assembler
+from dicom_node.config.model import ConfigError, NodeConfig
+from dicom_node.config.live import LiveConfig
+from dicom_node.ops.logs import configure_logging
+from dicom_node.delivery.outbox import OUTBOX_DIR
+from dicom_node.pipeline.worker import PipelineWorker
+from dicom_node.ingest.receive import Receiver
+from dicom_node.ops.recovery import reconcile_spool
 from dicom_node.results.atomic import sweep_temporary
 from dicom_node.results.records import results_dir
-from dicom_node.retention import remove_empty_folders, resume_interrupted_purges
-from dicom_node.retention_worker import RetentionWorker, note_late_instance
-from dicom_node.scp import StorageSCP
-from dicom_node.sender import Sender
-from dicom_node.spool import Spool
+from dicom_node.ops.retention import remove_empty_folders, resume_interrupted_purges
+from dicom_node.ops.retention_worker import RetentionWorker, note_late_instance
+from dicom_node.ingest.scp import StorageSCP
+from dicom_node.delivery.sender import Sender
+from dicom_node.ingest.spool import Spool
 
 log = structlog.get_logger()
 
@@ -76,7 +76,7 @@ class Node:
         )
         ssl_context = None
         if config.tls.enabled:
-            from dicom_node.tls import server_context
+            from dicom_node.ingest.tls import server_context
 
             ssl_context = server_context(config.tls)
         provider: Callable[[], NodeConfig] = lambda: self.live_config.current  # noqa: E731

@@ -2,9 +2,9 @@
 
 Each returns the process exit status: 0 done, 1 the operation failed (a C-ECHO that got no
 success), 2 the config or an argument is invalid. Problems go to standard error, one per line as
-``key = value: why``; results go to standard output. Edits go through :mod:`dicom_node.config_edit`
+``key = value: why``; results go to standard output. Edits go through :mod:`dicom_node.config.edit`
 (comments kept, validated, atomic); a running node picks them up within a few seconds
-(:mod:`dicom_node.live_config`), no restart needed.
+(:mod:`dicom_node.config.live`), no restart needed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.config import ConfigError, Destination, NodeConfig, config_from_text, load_config, read_config_text, resolve_config_path
-from dicom_node.config_edit import EditError, add_destination, add_source, remove_destination, remove_source
+from dicom_node.config.model import ConfigError, Destination, NodeConfig, config_from_text, load_config, read_config_text, resolve_config_path
+from dicom_node.config.edit import EditError, add_destination, add_source, remove_destination, remove_source
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -158,8 +158,8 @@ def dest_add(
     config_path: str | os.PathLike | None, name: str, ae_title: str, host: str, port: str | int, **tls
 ) -> int:
     """Add a destination for results; ``tls``: the keyword arguments of
-    :func:`dicom_node.config_edit.add_destination` for DICOM TLS (none: plain TCP)."""
-    from dicom_node.tls import destination_tls_files
+    :func:`dicom_node.config.edit.add_destination` for DICOM TLS (none: plain TCP)."""
+    from dicom_node.delivery.tls import destination_tls_files
 
     path = resolve_config_path(config_path)
     try:
@@ -248,7 +248,7 @@ def c_echo(
 
     context = None
     if destination is not None and destination.tls:
-        from dicom_node.tls import client_context
+        from dicom_node.delivery.tls import client_context
 
         try:
             context = client_context(destination, config.tls)
@@ -262,7 +262,7 @@ def c_echo(
     try:
         if not assoc.is_established:
             if context is not None and context.handshake_error is not None:
-                from dicom_node.tls import describe_handshake_error
+                from dicom_node.delivery.tls import describe_handshake_error
 
                 reason = f"TLS handshake failed: {describe_handshake_error(context.handshake_error)}"
             elif assoc.is_rejected:

@@ -7,7 +7,7 @@ kind (or at the end of the file when there is none). Values are rendered by toml
 text is parsed back and compared with the intended document before anything is written, so an
 unusual layout is refused rather than damaged.
 
-Every edit is validated as a whole document first (:func:`~dicom_node.config_validation.validate_config`):
+Every edit is validated as a whole document first (:func:`~dicom_node.config.validation.validate_config`):
 an edit that would leave the file unusable is refused with its problems. The write is atomic
 (temporary file beside it, fsync, rename, fsync of the folder) under an exclusive lock on the
 folder, so a node watching the file never reads half of it and two admins never interleave.
@@ -29,8 +29,8 @@ from typing import Any
 
 import tomlkit
 
-from dicom_node.config import NodeConfig, parse_config, read_config_text, resolve_path
-from dicom_node.config_validation import (
+from dicom_node.config.model import NodeConfig, parse_config, read_config_text, resolve_path
+from dicom_node.config.validation import (
     MISSING,
     Problem,
     ae_title_problem,

@@ -1,6 +1,6 @@
 """Hot reload: the node's config as it is now, re-read when the file changes or on SIGHUP.
 
-``LiveConfig(path).current`` is the last good :class:`~dicom_node.config.NodeConfig`. A watcher
+``LiveConfig(path).current`` is the last good :class:`~dicom_node.config.model.NodeConfig`. A watcher
 thread (``start()``/``stop()``) looks at the file about once a second and calls :meth:`reload` when
 its content changed; the node also calls :meth:`reload` on SIGHUP. A file that fails validation is
 refused: the reasons are logged (``config_rejected``, one ``problem`` per line) and the last good
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from dicom_node.config import ConfigError, NodeConfig, config_from_text, read_config_text, resolve_config_path
+from dicom_node.config.model import ConfigError, NodeConfig, config_from_text, read_config_text, resolve_config_path
 
 log = structlog.get_logger()
 
@@ -72,7 +72,7 @@ def restart_keys_changed(old: NodeConfig, new: NodeConfig) -> list[str]:
 class LiveConfig:
     """The last good config of the file at ``path``; see the module's docstring.
 
-    Raises :class:`~dicom_node.config.ConfigError` at construction when the file cannot be used:
+    Raises :class:`~dicom_node.config.model.ConfigError` at construction when the file cannot be used:
     a node never starts on a bad config.
     """
 

@@ -64,7 +64,7 @@ class SenderSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    """What the node deletes, and when (see :mod:`dicom_node.retention`). 0 days: keep forever."""
+    """What the node deletes, and when (see :mod:`dicom_node.ops.retention`). 0 days: keep forever."""
 
     received_days: float = 7.0  # received instances: days after the series is final and delivered
     results_days: float = 30.0  # result folders and outbox copies: days after creation / delivery
@@ -81,7 +81,7 @@ class Source:
 @dataclass(frozen=True)
 class Destination:
     """A C-STORE destination for results. The ``tls_*`` paths are as the entry gives them (None:
-    not set); :func:`dicom_node.tls.destination_tls_files` fills in the ``[tls]`` defaults."""
+    not set); :func:`dicom_node.delivery.tls.destination_tls_files` fills in the ``[tls]`` defaults."""
 
     name: str
     ae_title: str
@@ -207,13 +207,13 @@ def parse_config(doc: dict, path: Path | None = None) -> NodeConfig:
 def config_from_text(text: str, path: Path | None = None, *, serving: bool = False) -> NodeConfig:
     """Validate and parse the text of a config file; raise :class:`ConfigError` listing every problem.
     ``serving=True``: the config a node runs with (``[node]`` and a ``[[sources]]`` required; see
-    :func:`dicom_node.config_validation.validate_config`)."""
+    :func:`dicom_node.config.validation.validate_config`)."""
     where = path if path is not None else "config"
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"config: {where} is not valid TOML: {exc}"]) from exc
-    from dicom_node.config_validation import validate_config
+    from dicom_node.config.validation import validate_config
 
     problems = validate_config(doc, config_dir=path.parent if path is not None else None, serving=serving)
     if problems:

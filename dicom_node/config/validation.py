@@ -1,7 +1,7 @@
 """Validation of the whole config document: one :class:`Problem` (key, value, why) per bad value.
 
 Pure checks over the parsed TOML (a ``dict``), run before anything is parsed into the
-dataclasses of :mod:`dicom_node.config`. Every table and key the node knows is listed in
+dataclasses of :mod:`dicom_node.config.model`. Every table and key the node knows is listed in
 :data:`SCHEMA`; anything else is reported as unknown, with the closest known key when there is
 one (typo protection: ``serie_timeout`` must not silently fall back to the default).
 """
@@ -265,7 +265,7 @@ def _check_table(prefix: str, table: dict, checks: dict[str, Check]) -> list[Pro
 
 
 def _resolve(value: str, config_dir: Path | None) -> Path:
-    from dicom_node.config import resolve_path
+    from dicom_node.config.model import resolve_path
 
     return resolve_path(value, config_dir if config_dir is not None else Path.cwd())
 

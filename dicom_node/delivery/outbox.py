@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.db import data_dir_of, locked, write_transaction
+from dicom_node.state.db import data_dir_of, locked, write_transaction
 
 OUTBOX_DIR = "outbox"
 

@@ -18,13 +18,13 @@ association and sends them in order, recording each outcome as it comes:
   most ``retry_max`` seconds later.
 
 A destination with ``tls = true`` is reached over DICOM TLS (PS3.15 B.1): the context of
-:func:`dicom_node.tls.client_context` is built for each association (renewed certificates apply
+:func:`dicom_node.delivery.tls.client_context` is built for each association (renewed certificates apply
 at once) and passed to pynetdicom as ``tls_args``.
 
 Items of a destination that is no longer configured become ``orphaned`` on the next pass (logged as
 ``outbox_destination_removed``; ``status`` shows them with the reason; no file is deleted) and
 ``pending`` again when a destination of that name is configured again
-(``outbox_destination_restored``): see :func:`dicom_node.outbox.reconcile_destinations`.
+(``outbox_destination_restored``): see :func:`dicom_node.delivery.outbox.reconcile_destinations`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import structlog
 from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_node import outbox
-from dicom_node.db import connect
-from dicom_node.tls import ClientContext, client_context, describe_handshake_error
+from dicom_node.delivery import outbox
+from dicom_node.state.db import connect
+from dicom_node.delivery.tls import ClientContext, client_context, describe_handshake_error
 
 log = structlog.get_logger()
 

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-from dicom_node.config import NodeConfig, Source
+from dicom_node.config.model import NodeConfig, Source
 
 REJECTED_PERMANENT = 0x01
 SOURCE_SERVICE_USER = 0x01

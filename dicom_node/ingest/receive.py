@@ -1,6 +1,6 @@
 """One received instance: check it, spool it durably, record it; answer with a C-STORE status.
 
-Network-free so it can be tested alone; :mod:`dicom_node.scp` calls :meth:`Receiver.receive` from
+Network-free so it can be tested alone; :mod:`dicom_node.ingest.scp` calls :meth:`Receiver.receive` from
 its C-STORE handler. The bytes are stored as they arrived (the peer's transfer syntax, nothing
 decoded or re-encoded); pixel data is never decompressed here, only its length checked.
 
@@ -12,7 +12,7 @@ cannot understand (the bytes do not parse as a dataset); warning 0xB006 elements
 duplicate SOP Instance UID with other content, below).
 
 UIDs: the Study, Series and SOP Instance UIDs (and the Frame of Reference UID when present) must
-be valid UIDs (:mod:`dicom_node.uid_syntax`: 1-64 characters, digits and '.', no empty
+be valid UIDs (:mod:`dicom_node.ingest.uid_syntax`: 1-64 characters, digits and '.', no empty
 component), since they are copied into every result object. An invalid one is refused with
 0xA900 and an Error Comment naming the attribute and the problem ("SeriesInstanceUID: characters
 other than 0-9 and '.'"), never the value.
@@ -44,10 +44,10 @@ from pydicom.encaps import generate_fragments
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
-from dicom_node import db
-from dicom_node.frames import CT_STORAGE_CLASSES
-from dicom_node.spool import Spool, content_digest
-from dicom_node.uid_syntax import uid_problem
+from dicom_node.state import db
+from dicom_node.series.frames import CT_STORAGE_CLASSES
+from dicom_node.ingest.spool import Spool, content_digest
+from dicom_node.ingest.uid_syntax import uid_problem
 
 log = structlog.get_logger()
 

@@ -10,11 +10,11 @@ Transfer syntaxes: implicit and explicit VR little endian, deflated explicit VR 
 JPEG baseline, extended and lossless (process 14 and SV1), JPEG-LS lossless and near-lossless,
 JPEG 2000 lossless and lossy, RLE lossless. Data sets are kept as they arrive.
 
-Each accepted socket is tuned (:mod:`dicom_node.socket_tuning`: TCP_NODELAY, TCP_QUICKACK, large
+Each accepted socket is tuned (:mod:`dicom_node.ingest.socket_tuning`: TCP_NODELAY, TCP_QUICKACK, large
 reads): without it Nagle's algorithm and delayed ACKs cost tens of milliseconds per PDU. Access control runs on each A-ASSOCIATE-RQ against the config of that
 moment (``config_provider()``), so a hot-reloaded ``[[sources]]`` applies at once.
 
-Idle connections cannot lock scanners out (:mod:`dicom_node.connection_guard`): a connection
+Idle connections cannot lock scanners out (:mod:`dicom_node.ingest.connection_guard`): a connection
 that sends no A-ASSOCIATE-RQ within ``ARTIM_S`` (5 s) is closed, idle connections are bounded per
 peer address and in all (a new one closes the oldest), and ``ASSOCIATIONS_MAX`` counts
 established associations only; refusals are logged with the peer address.
@@ -33,14 +33,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_node.access import Refusal, RejectReason, check_association
-from dicom_node.config import NodeConfig
-from dicom_node.connection_guard import ARTIM_S, PENDING_TOTAL, ConnectionGuard
-from dicom_node.db import RecordResult
-from dicom_node.frames import CT_STORAGE_CLASSES
-from dicom_node.receive import Receiver, Received, StoreStatus
-from dicom_node.socket_tuning import tune_accepted_socket
-from dicom_node.uid_syntax import loggable_uid
+from dicom_node.ingest.access import Refusal, RejectReason, check_association
+from dicom_node.config.model import NodeConfig
+from dicom_node.ingest.connection_guard import ARTIM_S, PENDING_TOTAL, ConnectionGuard
+from dicom_node.state.db import RecordResult
+from dicom_node.series.frames import CT_STORAGE_CLASSES
+from dicom_node.ingest.receive import Receiver, Received, StoreStatus
+from dicom_node.ingest.socket_tuning import tune_accepted_socket
+from dicom_node.ingest.uid_syntax import loggable_uid
 
 log = structlog.get_logger()
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dicom_node.config import ConfigError, NodeConfig, load_config, resolve_config_path
+from dicom_node.config.model import ConfigError, NodeConfig, load_config, resolve_config_path
 
 DEFAULT_CALLING_AE = "DEMO_SCANNER"
 DEMO_COLUMNS = 512

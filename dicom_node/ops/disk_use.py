@@ -7,11 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
-from dicom_node import db
-from dicom_node.outbox import OUTBOX_DIR
-from dicom_node.recovery import QUARANTINE_DIRNAME
+from dicom_node.state import db
+from dicom_node.delivery.outbox import OUTBOX_DIR
+from dicom_node.ops.recovery import QUARANTINE_DIRNAME
 from dicom_node.results.records import RESULTS_DIR
-from dicom_node.spool import SPOOL_DIRNAME
+from dicom_node.ingest.spool import SPOOL_DIRNAME
 
 
 def disk_use(data_dir: str | Path) -> dict:

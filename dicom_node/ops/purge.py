@@ -1,18 +1,18 @@
-"""``m2unet-node purge [--dry-run] [--json]``: one retention pass now (:mod:`dicom_node.retention`)."""
+"""``m2unet-node purge [--dry-run] [--json]``: one retention pass now (:mod:`dicom_node.ops.retention`)."""
 
 from __future__ import annotations
 
 import structlog
 
-from dicom_node import db
-from dicom_node.config import RetentionSettings
-from dicom_node.retention import RetentionReport, apply_retention
+from dicom_node.state import db
+from dicom_node.config.model import RetentionSettings
+from dicom_node.ops.retention import RetentionReport, apply_retention
 
 log = structlog.get_logger()
 
 
 def format_report(report: RetentionReport, settings: RetentionSettings) -> str:
-    from dicom_node.status import human_bytes
+    from dicom_node.ops.status import human_bytes
 
     verb = "would delete" if report.dry_run else "deleted"
     lines = [
@@ -46,8 +46,8 @@ def run_purge(config_path, dry_run: bool = False, as_json: bool = False) -> int:
     import json
     import sys
 
-    from dicom_node.config import ConfigError, load_config
-    from dicom_node.logs import configure_logging
+    from dicom_node.config.model import ConfigError, load_config
+    from dicom_node.ops.logs import configure_logging
 
     try:
         config = load_config(config_path)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pydicom
 import structlog
 
-from dicom_node import db
-from dicom_node.spool import Spool, content_digest
+from dicom_node.state import db
+from dicom_node.ingest.spool import Spool, content_digest
 
 log = structlog.get_logger()
 

@@ -11,7 +11,7 @@ case (about 15 GB a day at 100 series of 150 MB) and fills its disk in weeks. On
   ``receiving``/``complete``/``queued``/``running`` is never touched, nor one with a result
   ``pending``, ``orphaned`` (its destination was removed) or ``failed`` (refused for good: the
   result never reached the PACS, so the source stays for a re-run; such series are reported as
-  ``held``). The ``series`` row stays, marked ``purged_at`` (see :mod:`dicom_node.db`), so
+  ``held``). The ``series`` row stays, marked ``purged_at`` (see :mod:`dicom_node.state.db`), so
   ``status`` still shows what was received and what became of it.
 - **result sets** (``results/<study>/<series>/v<N>/``) ``results_days`` after they were written
   and after their last delivery; only when every outbox row of their objects is ``delivered``
@@ -30,7 +30,7 @@ Order of a series purge (crash safety): (1) one write transaction checks again t
 final, at the version seen, with nothing undelivered, and marks it ``purge_started_at``; (2) the
 spool files are deleted and their folder fsynced; (3) one write transaction deletes the rows of the
 instances whose file is gone, and sets ``purged_at``. Files first, because start-up recovery
-(:func:`dicom_node.recovery.reconcile_spool`) records every spool file that has no row: deleting
+(:func:`dicom_node.ops.recovery.reconcile_spool`) records every spool file that has no row: deleting
 rows first and crashing would bring the half-purged series back as a new version. A crash between
 (2) and (3) leaves rows of missing files only in a final series marked ``purge_started_at``, which
 nothing reads (the pipeline reads queued series only); the node finishes such purges at start-up,
@@ -61,12 +61,12 @@ from pathlib import Path
 
 import structlog
 
-from dicom_node import db
-from dicom_node.config import RetentionSettings
-from dicom_node.outbox import DELIVERED, OUTBOX_DIR, WAITING
-from dicom_node.recovery import QUARANTINE_DIRNAME
+from dicom_node.state import db
+from dicom_node.config.model import RetentionSettings
+from dicom_node.delivery.outbox import DELIVERED, OUTBOX_DIR, WAITING
+from dicom_node.ops.recovery import QUARANTINE_DIRNAME
 from dicom_node.results.records import RESULTS_DIR, result_folder
-from dicom_node.spool import SPOOL_DIRNAME, fsync_dir
+from dicom_node.ingest.spool import SPOOL_DIRNAME, fsync_dir
 
 log = structlog.get_logger()
 
@@ -257,7 +257,7 @@ class _Deleter:
 
 
 def _sync(folder: Path) -> None:
-    """:func:`dicom_node.spool.fsync_dir`, where a folder already gone needs nothing."""
+    """:func:`dicom_node.ingest.spool.fsync_dir`, where a folder already gone needs nothing."""
     with contextlib.suppress(OSError):
         fsync_dir(folder)
 

@@ -1,4 +1,4 @@
-"""The retention job inside the node (:mod:`dicom_node.retention` does the deleting), and the log
+"""The retention job inside the node (:mod:`dicom_node.ops.retention` does the deleting), and the log
 line of a series re-opened after its instances were purged."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import structlog
 
-from dicom_node import db
-from dicom_node.retention import RetentionReport, apply_retention
+from dicom_node.state import db
+from dicom_node.ops.retention import RetentionReport, apply_retention
 
 log = structlog.get_logger()
 

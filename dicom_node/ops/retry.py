@@ -22,8 +22,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from dicom_node import db, outbox
-from dicom_node.config import ConfigError, load_config
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.config.model import ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -31,11 +31,11 @@ import sqlite3
 import sys
 from datetime import datetime, timezone
 
-from dicom_node import db
-from dicom_node.config import ConfigError, RetentionSettings, load_config
-from dicom_node.outbox import PENDING, WAITING, delivery_summary
-from dicom_node.disk_use import disk_use
-from dicom_node.retention import last_pass, purged_result_sets
+from dicom_node.state import db
+from dicom_node.config.model import ConfigError, RetentionSettings, load_config
+from dicom_node.delivery.outbox import PENDING, WAITING, delivery_summary
+from dicom_node.ops.disk_use import disk_use
+from dicom_node.ops.retention import last_pass, purged_result_sets
 
 
 def _iso(ts: float) -> str | None:

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.config import ConfigError, NodeConfig, load_config, resolve_config_path
+from dicom_node.config.model import ConfigError, NodeConfig, load_config, resolve_config_path
 
 
 def _config(config_path) -> NodeConfig:
@@ -35,7 +35,7 @@ def _config(config_path) -> NodeConfig:
 def _log_to_stderr() -> None:
     """stdout carries the JSON only: the engine's and our log events go to stderr."""
     try:
-        from dicom_node.logs import configure_logging
+        from dicom_node.ops.logs import configure_logging
     except ImportError:
         return
     configure_logging("auto", stream=sys.stderr)
@@ -84,7 +84,7 @@ def process_series(series_dir, out_dir, config_path=None, weights=None, device=N
 
 
 def _process(paths: list[Path], out_dir: Path, config: NodeConfig, weights, device) -> dict:
-    from dicom_node.reconstruct import reconstruct_series
+    from dicom_node.series.reconstruct import reconstruct_series
     from dicom_node.results.analysis import analyse
     from dicom_node.results.build import build_result_set, write_result_set
     from dicom_node.results.findings import findings_dict
@@ -113,7 +113,7 @@ def _process(paths: list[Path], out_dir: Path, config: NodeConfig, weights, devi
     )
     written = write_result_set(result_set, out_dir)
     timings["results"] = time.perf_counter() - t
-    from dicom_node.pipeline import with_exclusions
+    from dicom_node.pipeline.worker import with_exclusions
 
     summary = with_exclusions(findings_dict(analysis.findings), reconstructed)
     summary["series_instance_uid"] = analysis.source.series_instance_uid

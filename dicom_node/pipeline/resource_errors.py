@@ -2,7 +2,7 @@
 
 Such an error says nothing about the series being processed: the same job succeeds once space,
 descriptors or memory are back. The pipeline therefore waits and retries instead of failing the
-series (:mod:`dicom_node.pipeline`); ingest answers 0xA700 "out of resources" for the same reasons.
+series (:mod:`dicom_node.pipeline.worker`); ingest answers 0xA700 "out of resources" for the same reasons.
 
 :func:`transient_resource_error` looks through an exception and the ones it was raised from
 (``__cause__``, ``__context__``), since a library may wrap the ``OSError`` of a failed write.

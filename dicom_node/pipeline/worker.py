@@ -18,7 +18,7 @@ and runs the job:
    the outbox for every destination of ``live_config.current`` (none: they stay in the folder),
    the result set is recorded in ``results``, and the series becomes ``done``.
 
-Transient resource errors (:mod:`dicom_node.resource_errors`: disk full, quota, too many open
+Transient resource errors (:mod:`dicom_node.pipeline.resource_errors`: disk full, quota, too many open
 files, out of memory) never fail a series: the job stops, leaves no partial file (results are
 written to ``.tmp`` files renamed when whole, removed on failure, and swept at start-up), and the
 series goes back to ``queued`` with a retry time (``db.defer_series``) after
@@ -44,8 +44,10 @@ from pathlib import Path
 
 import structlog
 
-from dicom_node import db, outbox
-from dicom_node.resource_errors import transient_resource_error
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.pipeline.resource_errors import transient_resource_error
 from dicom_node.results.analysis import analyse
 from dicom_node.results.atomic import write_atomically
 from dicom_node.results.build import build_result_set, write_result_set
@@ -116,7 +118,7 @@ def _wait(conn, record: db.SeriesRecord, bound, what: str, stage: str) -> str:
 
 
 def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _Stage) -> str:
-    from dicom_node.reconstruct import reconstruct_series
+    from dicom_node.series.reconstruct import reconstruct_series
 
     uid, version = record.series_instance_uid, record.version
     started = time.perf_counter()

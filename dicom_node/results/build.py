@@ -24,7 +24,7 @@ from dicom_node.results.sr import build_sr
 from dicom_node.results.stamp import stamp
 from dicom_node.results.summary import build_summary
 from dicom_node.results.uids import ResultKind, result_identity
-from dicom_node.spool import fsync_dir
+from dicom_node.ingest.spool import fsync_dir
 
 
 

@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.db import data_dir_of, locked
+from dicom_node.state.db import data_dir_of, locked
 from dicom_node.results.uids import ResultKind
 
 RESULTS_DIR = "results"

@@ -39,7 +39,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.valuerep import DA, DT, TM, validate_value
 
-from dicom_node.logs import redact_quoted_values
+from dicom_node.ops.logs import redact_quoted_values
 
 _REFERENCE_KEYS = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
 _CODE_KEYS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")

@@ -100,7 +100,7 @@ def _warn_repairs(repairs: HeaderRepairs, datasets) -> None:
 
 
 def source_from_reconstruction(reconstructed) -> SourceSeries:
-    """From ``dicom_node.reconstruct.ReconstructedSeries``: its datasets, sanitised, in volume order.
+    """From ``dicom_node.series.reconstruct.ReconstructedSeries``: its datasets, sanitised, in volume order.
     Invalid or missing patient/study attributes are copied empty (``sanitize``) and logged once as
     ``source_attributes_repaired`` with their keywords."""
     repairs = HeaderRepairs()

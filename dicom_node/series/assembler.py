@@ -9,7 +9,7 @@ itself if an instance came meanwhile, so receiving an instance costs no schedule
 On completion the series goes ``complete``, series selection reads its instance headers, and it
 becomes ``queued`` (the pipeline's hand-off) or ``skipped`` with the reason (for example too few
 usable slices). An instance arriving after completion re-opens the series (``receiving``,
-``version`` + 1, see :mod:`dicom_node.db`): it completes again after a new quiet period and is
+``version`` + 1, see :mod:`dicom_node.state.db`): it completes again after a new quiet period and is
 re-queued, so the results cover every instance.
 
 After a restart :meth:`Assembler.start` re-arms a timer for every series still ``receiving``, due
@@ -28,11 +28,11 @@ import pydicom
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node import db
-from dicom_node.access import series_timeout_for
-from dicom_node.config import NodeConfig
-from dicom_node.frames import frames_of
-from dicom_node.selection import Exclusion, Selection, select_frames
+from dicom_node.state import db
+from dicom_node.ingest.access import series_timeout_for
+from dicom_node.config.model import NodeConfig
+from dicom_node.series.frames import frames_of
+from dicom_node.series.selection import Exclusion, Selection, select_frames
 
 log = structlog.get_logger()
 

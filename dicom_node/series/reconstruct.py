@@ -3,7 +3,7 @@
 Rules (each failure raises :class:`UnusableSeries`, a ``ValueError`` whose ``reason`` goes to
 ``status``):
 
-- Selection first (:mod:`dicom_node.selection`): only axial ORIGINAL/PRIMARY CT frames on the
+- Selection first (:mod:`dicom_node.series.selection`): only axial ORIGINAL/PRIMARY CT frames on the
   series' majority image grid. More than ``MAX_DROPPED_SHARE`` (10 %) of the slices dropped for
   their geometry (another grid, not axial, ...) fails the series with that reason ("20 of 40
   instances excluded (more than 10 %): other orientation 20"); fewer are left out and stated
@@ -43,8 +43,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.frames import Frame, frames_of
-from dicom_node.selection import DROPPED_SLICE_REASONS, MAX_DROPPED_SHARE, MIN_SLICES, Exclusion, select_frames
+from dicom_node.series.frames import Frame, frames_of
+from dicom_node.series.selection import DROPPED_SLICE_REASONS, MAX_DROPPED_SHARE, MIN_SLICES, Exclusion, select_frames
 from m2unet.volume import Volume
 
 SPACING_TOLERANCE = 0.10  # relative deviation of a slice step from the median step

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_node.frames import CT_STORAGE_CLASSES, Frame
+from dicom_node.series.frames import CT_STORAGE_CLASSES, Frame
 
 MIN_SLICES = 8
 AXIAL_MAX_TILT_DEG = 35.0

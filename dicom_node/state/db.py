@@ -18,13 +18,13 @@ reason that says so; ``m2unet-node retry`` puts a ``failed`` series back to ``qu
 A repeated SOP Instance UID (rule, :func:`record_instance`): identical dataset bytes change nothing
 (the series is not touched, not even re-opened). A copy with different bytes never reaches this
 module from the network: the receiver keeps the first copy and refuses the other
-(:mod:`dicom_node.receive`, ``duplicate_sop_instance_conflict``); if one is recorded anyway
+(:mod:`dicom_node.ingest.receive`, ``duplicate_sop_instance_conflict``); if one is recorded anyway
 (start-up recovery of a spool file), it replaces the stored row like any new instance. A new
 instance in a series that is no longer ``receiving`` re-opens it: state back to ``receiving``,
 ``version`` + 1, reason cleared; it then completes and is queued again. A late ``done``/``failed`` from a pipeline run of the older
 version is ignored (see :func:`set_series_state`).
 
-Retention (:mod:`dicom_node.retention`) deletes the received instances of old, final, delivered
+Retention (:mod:`dicom_node.ops.retention`) deletes the received instances of old, final, delivered
 series: their ``instances`` rows go, the ``series`` row stays with ``purged_at``,
 ``purged_version`` (the version whose instances were deleted) and ``purged_instances``
 (``purge_started_at`` is set while a purge is under way, so an interrupted one is finished). A
@@ -33,7 +33,7 @@ received since (``purged_version < version`` says so), and series selection skip
 too few. These columns are added to an existing database by :func:`connect` (``ALTER TABLE``).
 
 Durability: ``synchronous=NORMAL`` in WAL mode. A killed process loses no commit; a power cut may
-lose the last ones, which :func:`dicom_node.recovery.reconcile_spool` rebuilds from the spool files
+lose the last ones, which :func:`dicom_node.ops.recovery.reconcile_spool` rebuilds from the spool files
 (fsynced before their rows are written) at start-up.
 
 Writers: SQLite allows one writer at a time. Connections made by :func:`connect` carry a re-entrant
@@ -179,7 +179,7 @@ def connect(data_dir: str | Path) -> sqlite3.Connection:
     )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.recovery: the spool is the truth
+    conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.ops.recovery: the spool is the truth
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with locked(conn):
         conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")

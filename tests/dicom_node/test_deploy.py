@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from dicom_node.config_validation import validate_config
+from dicom_node.config.validation import validate_config
 from tests.support.dcmtk import tool
 from tests.support.paths import REPO
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node import db
+from dicom_node.state import db
 from dicom_node.results.records import result_folder
 from m2unet.weights import random_weights
 from tests.support.dcmtk import have_dcmtk, storescu

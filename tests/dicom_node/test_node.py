@@ -8,7 +8,7 @@ import time
 import pydicom
 import pytest
 
-from dicom_node import db
+from dicom_node.state import db
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.dcmtk import have_dcmtk, storescu, tool
 from tests.support.node_process import NodeProcess

@@ -245,7 +245,7 @@ class NodeProcess:
 
     def wait_for_series(self, series_instance_uid: str, states=("queued",), timeout: float = 30.0) -> dict:
         """Poll the database until the series is in one of ``states``; returns its status entry."""
-        from dicom_node import db
+        from dicom_node.state import db
 
         deadline = time.monotonic() + timeout
         last = None
@@ -288,7 +288,7 @@ class InProcessSCP:
         ssl_context=None,
         **node_settings,
     ) -> None:
-        from dicom_node.config import NodeConfig, NodeSettings, Source
+        from dicom_node.config.model import NodeConfig, NodeSettings, Source
 
         self.port = free_port()
         self.data_dir = Path(tmp_path) / "scp-data"
@@ -308,11 +308,11 @@ class InProcessSCP:
         self.ssl_context = ssl_context
 
     def start(self) -> "InProcessSCP":
-        from dicom_node import db
-        from dicom_node.assembler import Assembler
-        from dicom_node.receive import Receiver
-        from dicom_node.scp import StorageSCP
-        from dicom_node.spool import Spool
+        from dicom_node.state import db
+        from dicom_node.series.assembler import Assembler
+        from dicom_node.ingest.receive import Receiver
+        from dicom_node.ingest.scp import StorageSCP
+        from dicom_node.ingest.spool import Spool
 
         self.conn = db.connect(self.data_dir)
         self.spool = Spool(self.data_dir)
@@ -334,7 +334,7 @@ class InProcessSCP:
         self.conn.close()
 
     def wait_for_state(self, series_instance_uid: str, states=("queued",), timeout: float = 20.0):
-        from dicom_node import db
+        from dicom_node.state import db
 
         deadline = time.monotonic() + timeout
         record = None
@@ -353,11 +353,11 @@ class InProcessSCP:
 
 
 def receive_file(receiver, path, calling_ae: str = "SCANNER", accept_other_storage: bool = False):
-    """Hand a Part 10 file's dataset bytes to a ``dicom_node.receive.Receiver`` as the SCP would
+    """Hand a Part 10 file's dataset bytes to a ``dicom_node.ingest.receive.Receiver`` as the SCP would
     (no network); asserts success and returns the ``RecordResult``."""
     import pydicom
 
-    from dicom_node.receive import StoreStatus
+    from dicom_node.ingest.receive import StoreStatus
 
     path = Path(path)
     meta = pydicom.filereader.read_file_meta_info(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.config import Destination, NodeConfig, NodeSettings, SenderSettings
+from dicom_node.config.model import Destination, NodeConfig, NodeSettings, SenderSettings
 from dicom_node.results.findings import Findings, LobeFinding
 from m2unet.labels import Lobe
 
@@ -125,7 +125,7 @@ CREATED = datetime(2026, 1, 2, 3, 4, 5)
 
 
 def build_case(paths: list[Path], version: int = 1, summary_image: bool = True, severity: str = "severe") -> Case:
-    from dicom_node.reconstruct import reconstruct_series
+    from dicom_node.series.reconstruct import reconstruct_series
     from dicom_node.results.build import build_result_set
     from dicom_node.results.source import source_from_reconstruction
 
@@ -163,7 +163,7 @@ def small_case(folder: Path, slices: int = 16, size: int = 64, seed: int = 0, **
 
 def outbox_objects(case: Case, folder: Path):
     """Write a case's result set under ``folder`` and describe its files for the outbox."""
-    from dicom_node.outbox import OutboxObject
+    from dicom_node.delivery.outbox import OutboxObject
     from dicom_node.results.build import write_result_set
 
     written = write_result_set(case.result_set, Path(folder))
@@ -195,7 +195,7 @@ def queue_series(conn, paths: list[Path], calling_ae: str = "SCANNER"):
 
     import pydicom
 
-    from dicom_node import db
+    from dicom_node.state import db
 
     data_dir = db.data_dir_of(conn)
     target = data_dir / "incoming-test"

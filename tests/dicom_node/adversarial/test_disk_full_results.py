@@ -20,10 +20,12 @@ import pydicom
 import pytest
 from structlog.testing import capture_logs
 
-from dicom_node import db, pipeline
+from dicom_node.state import db
+
+from dicom_node.pipeline.worker import worker as pipeline
 from dicom_node.results import atomic
 from dicom_node.results.records import result_folder
-from dicom_node.status import collect_status, format_status
+from dicom_node.ops.status import collect_status, format_status
 from m2unet.predictor import Predictor
 from tests.dicom_node.adversarial.conftest import edited_series, needs_dcmtk, node_config, series_uid_of
 from tests.support.dcmtk import storescu

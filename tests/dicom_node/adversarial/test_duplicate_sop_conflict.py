@@ -12,7 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 from structlog.testing import capture_logs
 
-from dicom_node import db
+from dicom_node.state import db
 from tests.dicom_node.adversarial.conftest import c_store, edited_series, needs_dcmtk
 from tests.support.dcmtk import storescu
 from tests.support.node_process import InProcessSCP

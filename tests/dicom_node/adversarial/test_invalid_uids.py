@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from structlog.testing import capture_logs
 
-from dicom_node import db
+from dicom_node.state import db
 from tests.dicom_node.adversarial.conftest import c_store, edited_series
 from tests.support.node_process import InProcessSCP, echo
 

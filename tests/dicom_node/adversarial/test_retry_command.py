@@ -12,9 +12,11 @@ import threading
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from dicom_node import db, outbox
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
 from dicom_node.cli import main
-from dicom_node.pipeline import run_job
+from dicom_node.pipeline.worker import run_job
 from m2unet.predictor import Predictor
 from tests.dicom_node.adversarial.conftest import edited_series, needs_dcmtk, node_config, series_uid_of
 from tests.support.dcmtk import storescu

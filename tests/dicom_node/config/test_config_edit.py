@@ -9,8 +9,8 @@ import tomllib
 
 import pytest
 
-from dicom_node.config import load_config
-from dicom_node.config_edit import (
+from dicom_node.config.model import load_config
+from dicom_node.config.edit import (
     EditError,
     add_destination,
     add_source,

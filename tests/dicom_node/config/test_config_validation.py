@@ -7,8 +7,8 @@ import tomllib
 
 import pytest
 
-from dicom_node.config import ConfigError, config_from_text, load_config
-from dicom_node.config_validation import MISSING, Problem, validate_config
+from dicom_node.config.model import ConfigError, config_from_text, load_config
+from dicom_node.config.validation import MISSING, Problem, validate_config
 from tests.support.paths import REPO
 
 GOOD = {

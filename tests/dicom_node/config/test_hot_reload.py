@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from dicom_node.config import ConfigError
-from dicom_node.config_edit import add_source, remove_source
-from dicom_node.live_config import LiveConfig
-from dicom_node.logs import configure_logging, reset_logging
+from dicom_node.config.model import ConfigError
+from dicom_node.config.edit import add_source, remove_source
+from dicom_node.config.live import LiveConfig
+from dicom_node.ops.logs import configure_logging, reset_logging
 
 BASE = """\
 [node]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node import db, outbox
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
 from dicom_node.results.records import record_result, result_folder
 from tests.support.results_data import outbox_objects, small_case
 

@@ -16,11 +16,13 @@ import pytest
 import structlog
 from pynetdicom import AE, evt
 
-from dicom_node import db, outbox
-from dicom_node.config_edit import add_destination, remove_destination
-from dicom_node.live_config import LiveConfig
-from dicom_node.sender import Sender
-from dicom_node.status import collect_status, format_status, print_status
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.config.edit import add_destination, remove_destination
+from dicom_node.config.live import LiveConfig
+from dicom_node.delivery.sender import Sender
+from dicom_node.ops.status import collect_status, format_status, print_status
 from tests.support.results_data import StaticConfig, destination, node_config, outbox_objects, small_case
 from tests.support.polling import wait_until
 

@@ -9,8 +9,10 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node import db, outbox
-from dicom_node.sender import Sender, classify_status
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.delivery.sender import Sender, classify_status
 from tests.support.orthanc import OrthancServer, free_port, orthanc_available
 from tests.support.results_data import StaticConfig, destination, node_config, outbox_objects, small_case
 from tests.support.polling import wait_until

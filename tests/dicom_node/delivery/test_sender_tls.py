@@ -23,10 +23,14 @@ import structlog
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_node import cli, db, outbox
-from dicom_node.config import ConfigError, Destination, TlsSettings, config_from_text, load_config
-from dicom_node.admin import c_echo
-from dicom_node.sender import Sender
+from dicom_node import cli
+
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.config.model import ConfigError, Destination, TlsSettings, config_from_text, load_config
+from dicom_node.config.admin import c_echo
+from dicom_node.delivery.sender import Sender
 from tests.support.results_data import StaticConfig, node_config, outbox_objects, small_case
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl missing")

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from dicom_node.access import RejectReason, check_association, series_timeout_for
-from dicom_node.config import NodeConfig, NodeSettings, Source
+from dicom_node.ingest.access import RejectReason, check_association, series_timeout_for
+from dicom_node.config.model import NodeConfig, NodeSettings, Source
 
 
 def config(reject_unknown=True, timeout=30.0):

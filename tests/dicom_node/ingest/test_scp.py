@@ -9,9 +9,9 @@ import pytest
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 
-from dicom_node import db
-from dicom_node.reconstruct import reconstruct_series
-from dicom_node.spool import uid_key
+from dicom_node.state import db
+from dicom_node.series.reconstruct import reconstruct_series
+from dicom_node.ingest.spool import uid_key
 from tests.support.ct_series import phantom_hu, write_ct_series, write_enhanced_ct
 from tests.support.dcmtk import PROPOSE, compress, echoscu, have_dcmtk, storescu
 from tests.support.node_process import InProcessSCP
@@ -232,8 +232,8 @@ def test_truncated_compressed_dataset_gets_a_failure_status(tmp_path):
     uncompressed files raw): a JPEG-LS dataset cut short is refused, nothing stored."""
     from pydicom.filereader import read_file_meta_info
 
-    from dicom_node.receive import Receiver
-    from dicom_node.spool import Spool
+    from dicom_node.ingest.receive import Receiver
+    from dicom_node.ingest.spool import Spool
 
     [original] = write_ct_series(tmp_path / "o", phantom_hu(1, 64))
     [packed] = compress([original], tmp_path / "jls", "jpeg-ls")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dicom_node.spool import PART_SUFFIX, Spool, uid_key
+from dicom_node.ingest.spool import PART_SUFFIX, Spool, uid_key
 
 
 def test_hostile_uids_stay_inside_data_dir(tmp_path):

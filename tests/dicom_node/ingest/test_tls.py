@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from dicom_node.config import TlsSettings
-from dicom_node.tls import server_context
+from dicom_node.config.model import TlsSettings
+from dicom_node.ingest.tls import server_context
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.dcmtk import echoscu, have_dcmtk, storescu
 from tests.support.node_process import InProcessSCP

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dicom_node.uid_syntax import loggable_uid, uid_problem
+from dicom_node.ingest.uid_syntax import loggable_uid, uid_problem
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "0", "1." + "2" * 62, "1.2.840.0123"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.demo import send_demo
+from dicom_node.ops.demo import send_demo
 from tests.support.orthanc import OrthancServer, free_port, orthanc_available
 
 

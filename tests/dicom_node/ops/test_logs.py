@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import structlog
 
-from dicom_node.logs import REDACTED, configure_logging, is_identity_key, reset_logging, resolve_format
+from dicom_node.ops.logs import REDACTED, configure_logging, is_identity_key, reset_logging, resolve_format
 
 
 class Terminal(io.StringIO):

@@ -17,13 +17,19 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node import db, outbox, retention, retention_worker
-from dicom_node.config import ConfigError, RetentionSettings, config_from_text
-from dicom_node.config_validation import validate_config
-from dicom_node.logs import configure_logging, reset_logging
-from dicom_node.recovery import reconcile_spool
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+
+from dicom_node.ops import retention
+
+from dicom_node.ops import retention_worker
+from dicom_node.config.model import ConfigError, RetentionSettings, config_from_text
+from dicom_node.config.validation import validate_config
+from dicom_node.ops.logs import configure_logging, reset_logging
+from dicom_node.ops.recovery import reconcile_spool
 from dicom_node.results.records import record_result, result_folder
-from dicom_node.spool import Spool
+from dicom_node.ingest.spool import Spool
 from tests.support.paths import REPO
 
 DAY = 86400.0
@@ -254,7 +260,7 @@ def test_results_kept_on_disk_are_removed_after_results_days(data):
     assert [(r.series_instance_uid, r.version, r.files) for r in report.result_sets] == [("1.2.3", 1, 4)]
     assert not folder.exists() and report.result_files == 4
     assert retention.purged_result_sets(data.conn) == {("1.2.3", 1)}
-    from dicom_node.status import collect_status
+    from dicom_node.ops.status import collect_status
 
     assert collect_status(data.conn)["deliveries"]["kept"] == []  # status no longer lists it as kept
 
@@ -437,7 +443,7 @@ def test_late_instance_after_purge_reopens_only_with_its_own_instances(tmp_path)
         assert reopened.purged_version == 1 and not reopened.purged and reopened.purged_at is not None
         assert len(db.series_instance_paths(scp.conn, uid)) == 1
 
-        from dicom_node.status import collect_status, format_status
+        from dicom_node.ops.status import collect_status, format_status
 
         status = collect_status(scp.conn)
         entry = next(s for s in status["series"] if s["series_instance_uid"] == uid)
@@ -630,7 +636,7 @@ def test_good_retention_values_and_unknown_keys():
 
 
 def test_retention_keys_apply_without_a_restart():
-    from dicom_node.live_config import restart_keys_changed
+    from dicom_node.config.live import restart_keys_changed
 
     a = config_from_text("[retention]\nreceived_days = 7\n")
     b = config_from_text("[retention]\nreceived_days = 2\ncheck_interval = 600\n")

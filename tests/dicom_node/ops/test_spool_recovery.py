@@ -3,10 +3,10 @@ files are quarantined."""
 
 import pydicom
 
-from dicom_node import db
-from dicom_node.recovery import reconcile_spool
-from dicom_node.receive import Receiver
-from dicom_node.spool import Spool
+from dicom_node.state import db
+from dicom_node.ops.recovery import reconcile_spool
+from dicom_node.ingest.receive import Receiver
+from dicom_node.ingest.spool import Spool
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.node_process import receive_file
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from dicom_node import db
-from dicom_node.status import print_status
+from dicom_node.state import db
+from dicom_node.ops.status import print_status
 from tests.support.paths import REPO
 
 

@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
-from dicom_node import db, retention
-from dicom_node.config import RetentionSettings
-from dicom_node.spool import Spool
-from dicom_node.status import collect_status, format_status, human_bytes, print_status
+from dicom_node.state import db
+
+from dicom_node.ops import retention
+from dicom_node.config.model import RetentionSettings
+from dicom_node.ingest.spool import Spool
+from dicom_node.ops.status import collect_status, format_status, human_bytes, print_status
 from tests.support.paths import REPO
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -9,7 +9,7 @@ import sys
 import pydicom
 import pytest
 
-from dicom_node.offline import process_series
+from dicom_node.pipeline.offline import process_series
 from m2unet.weights import random_weights
 from tests.support.paths import REAL_CT, REPO
 from tests.support.results_data import SEGIMAGE2ITKIMAGE, TID1500READER, dciodvfy_errors, phantom_series, run_tool

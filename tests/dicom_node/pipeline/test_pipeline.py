@@ -9,9 +9,11 @@ from dataclasses import replace
 import pydicom
 import pytest
 
-from dicom_node import db, outbox
-from dicom_node.config import ModelSettings
-from dicom_node.pipeline import PipelineWorker, run_job
+from dicom_node.state import db
+
+from dicom_node.delivery import outbox
+from dicom_node.config.model import ModelSettings
+from dicom_node.pipeline.worker import PipelineWorker, run_job
 from dicom_node.results.records import result_folder
 from m2unet.predictor import Predictor
 from m2unet.weights import random_weights
@@ -183,7 +185,7 @@ def test_worker_waits_while_weights_are_unusable(series_paths, data_dir, tmp_pat
 def test_quality_check_reaches_findings_status_and_log(predictor, series_paths, data_dir):
     from structlog.testing import capture_logs
 
-    from dicom_node.status import collect_status, format_status
+    from dicom_node.ops.status import collect_status, format_status
 
     conn = db.connect(data_dir)
     record = queue_series(conn, series_paths)

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from dicom_node.resource_errors import transient_resource_error
+from dicom_node.pipeline.resource_errors import transient_resource_error
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from pydicom.dataset import Dataset
 
 from dicom_node.results.analysis import check_result, source_slice_thickness
-from dicom_node.selection import Exclusion
+from dicom_node.series.selection import Exclusion
 from m2unet.quantify import quantify
 from tests.m2unet.test_qc import clean_lobe_map, volume_for
 

@@ -6,11 +6,11 @@ import time
 import pydicom
 import pytest
 
-from dicom_node import db
-from dicom_node.assembler import Assembler
-from dicom_node.config import NodeConfig, NodeSettings, Source
-from dicom_node.receive import Receiver
-from dicom_node.spool import Spool
+from dicom_node.state import db
+from dicom_node.series.assembler import Assembler
+from dicom_node.config.model import NodeConfig, NodeSettings, Source
+from dicom_node.ingest.receive import Receiver
+from dicom_node.ingest.spool import Spool
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.node_process import receive_file
 

@@ -2,7 +2,7 @@
 
 import threading
 
-from dicom_node import db
+from dicom_node.state import db
 
 
 def record(conn, sop, series="1.2.9", calling_ae="CT"):

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.reconstruct import UnusableSeries, reconstruct_series
+from dicom_node.series.reconstruct import UnusableSeries, reconstruct_series
 from tests.support.ct_series import phantom_hu, write_ct_series, write_enhanced_ct
 from tests.support.dcmtk import compress, have_dcmtk
 from tests.support.paths import REAL_CT

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pydicom
 
-from dicom_node.frames import frames_of
-from dicom_node.selection import MIN_SLICES, select_frames
+from dicom_node.series.frames import frames_of
+from dicom_node.series.selection import MIN_SLICES, select_frames
 from tests.support.ct_series import phantom_hu, write_ct_series
 
 

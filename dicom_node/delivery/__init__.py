@@ -1,0 +1,1 @@
+"""Delivery: the durable outbox and the sender that C-STOREs results to each destination."""

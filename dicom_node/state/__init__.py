@@ -1,0 +1,1 @@
+"""The node's state database: series, instances, jobs, results and deliveries."""
