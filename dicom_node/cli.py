@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_config(args.config)
     if cmd == "ae":
-        from dicom_node.config.model import admin
+        from dicom_node.config import admin
 
         if args.action == "list":
             return admin.ae_list(args.config)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             return admin.ae_add(args.config, args.ae_title, host=args.host)
         return admin.ae_remove(args.config, args.ae_title)
     if cmd == "dest":
-        from dicom_node.config.model import admin
+        from dicom_node.config import admin
 
         if args.action == "list":
             return admin.dest_list(args.config)

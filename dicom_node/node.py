@@ -32,7 +32,7 @@ from dicom_node.delivery.outbox import OUTBOX_DIR
 from dicom_node.pipeline.worker import PipelineWorker
 from dicom_node.ingest.receive import Receiver
 from dicom_node.ops.recovery import reconcile_spool
-from dicom_node.results.atomic import sweep_temporary
+from dicom_node.durable import sweep_temporary
 from dicom_node.results.records import results_dir
 from dicom_node.ops.retention import remove_empty_folders, resume_interrupted_purges
 from dicom_node.ops.retention_worker import RetentionWorker, note_late_instance

@@ -19,7 +19,6 @@ import copy
 import fcntl
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from typing import Any
 
 import tomlkit
 
+from dicom_node.durable import atomic_write
 from dicom_node.config.model import NodeConfig, parse_config, read_config_text, resolve_path
 from dicom_node.config.validation import (
     MISSING,
@@ -73,28 +73,13 @@ def _locked_folder(path: Path) -> Iterator[None]:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: temp file in the same folder, fsync, rename, fsync folder."""
-    folder = path.parent if str(path.parent) else Path(".")
+    """Replace ``path`` with ``text`` durably (:func:`dicom_node.durable.atomic_write`), keeping
+    the file's permissions."""
     try:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, text, mode=mode)
 
 
 def _parse(text: str, path: Path) -> dict:

@@ -29,41 +29,17 @@ No destination configured: nothing is enqueued; the results stay in their folder
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.state.db import data_dir_of, locked, write_transaction
+from dicom_node.durable import link_or_copy
+from dicom_node.state import outbox as table
+from dicom_node.state.outbox import DELIVERED, FAILED, ORPHANED, PENDING, WAITING  # noqa: F401 - the row states
 
 OUTBOX_DIR = "outbox"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    destination TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL,
-    source_series_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    delivered_at REAL,
-    UNIQUE (destination, sop_instance_uid)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, destination, next_attempt);
-"""
-
-PENDING, DELIVERED, FAILED, ORPHANED = "pending", "delivered", "failed", "orphaned"
-WAITING = (PENDING, ORPHANED)  # not delivered yet and not given up: the outbox file is kept
-
 
 def removed_reason(destination: str) -> str:
     """``last_error`` of an orphaned item."""
@@ -111,11 +87,6 @@ class OutboxItem:
 
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    with locked(conn):
-        conn.executescript(SCHEMA)
-
-
 def backoff_delay(attempts: int, initial: float, cap: float) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1, 2, ...)."""
     if attempts < 1:
@@ -128,27 +99,15 @@ def _outbox_file(data_dir: Path, obj: OutboxObject) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        try:
-            os.link(obj.path, tmp)
-        except OSError:
-            shutil.copyfile(obj.path, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:  # a full disk mid-copy: no partial file stays behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    link_or_copy(obj.path, target)
     return target
+
+
+def _notify() -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for callback in listeners:
+        callback()
 
 
 def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations: list[str], now: float | None = None) -> int:
@@ -156,50 +115,23 @@ def enqueue(conn: sqlite3.Connection, objects: list[OutboxObject], destinations:
     for a destination is left as it is. Returns the number of new rows."""
     if not destinations or not objects:
         return 0
-    ensure_schema(conn)
     now = time.time() if now is None else now
-    data_dir = data_dir_of(conn)
-    with locked(conn):
-        marks = ",".join("?" * len(objects))
-        known = {
-            (r["destination"], r["sop_instance_uid"])
-            for r in conn.execute(
-                f"SELECT destination, sop_instance_uid FROM outbox WHERE sop_instance_uid IN ({marks})",
-                tuple(obj.sop_instance_uid for obj in objects),
-            ).fetchall()
-        }
+    data_dir = conn.data_dir
+    known = table.known_pairs(conn, [obj.sop_instance_uid for obj in objects])
     wanted = {
         obj.sop_instance_uid: [d for d in destinations if (d, obj.sop_instance_uid) not in known] for obj in objects
     }
     # the file first, then the rows: a crash in between leaves a stray file, never a row without one
     files = {obj.sop_instance_uid: _outbox_file(data_dir, obj) for obj in objects if wanted[obj.sop_instance_uid]}
-    added = 0
-    with write_transaction(conn):
-        for obj in objects:
-            if not wanted[obj.sop_instance_uid]:
-                continue
-            relative = files[obj.sop_instance_uid].relative_to(data_dir).as_posix()
-            for destination in wanted[obj.sop_instance_uid]:
-                added += conn.execute(
-                    "INSERT OR IGNORE INTO outbox (destination, sop_instance_uid, sop_class_uid, study_instance_uid,"
-                    " source_series_uid, path, state, attempts, next_attempt, created_at) VALUES (?,?,?,?,?,?,?,0,?,?)",
-                    (
-                        destination,
-                        obj.sop_instance_uid,
-                        obj.sop_class_uid,
-                        obj.study_instance_uid,
-                        obj.source_series_uid,
-                        relative,
-                        PENDING,
-                        now,
-                        now,
-                    ),
-                ).rowcount
+    rows = [
+        (destination, obj.sop_instance_uid, obj.sop_class_uid, obj.study_instance_uid, obj.source_series_uid,
+         files[obj.sop_instance_uid].relative_to(data_dir).as_posix())
+        for obj in objects
+        for destination in wanted[obj.sop_instance_uid]
+    ]
+    added = table.insert_pending(conn, rows, now) if rows else 0
     if added:
-        with _listeners_lock:
-            listeners = list(_listeners)
-        for callback in listeners:
-            callback()
+        _notify()
     return added
 
 
@@ -217,29 +149,13 @@ def _item(row, data_dir: Path) -> OutboxItem:
 
 def due_items(conn: sqlite3.Connection, destination: str, now: float | None = None, limit: int = 100) -> list[OutboxItem]:
     """Pending items of ``destination`` whose next attempt is due, oldest first."""
-    ensure_schema(conn)
     now = time.time() if now is None else now
-    data_dir = data_dir_of(conn)
-    with locked(conn):
-        rows = conn.execute(
-            "SELECT * FROM outbox WHERE state = ? AND destination = ? AND next_attempt <= ? ORDER BY id LIMIT ?",
-            (PENDING, destination, now, limit),
-        ).fetchall()
-    return [_item(r, data_dir) for r in rows]
+    return [_item(r, conn.data_dir) for r in table.due_rows(conn, destination, now, limit)]
 
 
 def next_due(conn: sqlite3.Connection, destinations: list[str]) -> float | None:
     """The earliest next attempt among pending items of ``destinations`` (None: nothing pending)."""
-    if not destinations:
-        return None
-    ensure_schema(conn)
-    marks = ",".join("?" * len(destinations))
-    with locked(conn):
-        row = conn.execute(
-            f"SELECT MIN(next_attempt) FROM outbox WHERE state = ? AND destination IN ({marks})",
-            (PENDING, *destinations),
-        ).fetchone()
-    return row[0]
+    return table.next_attempt(conn, destinations) if destinations else None
 
 
 def reconcile_destinations(
@@ -249,44 +165,18 @@ def reconcile_destinations(
     destinations in ``configured`` become ``pending`` again, due at ``now``. Returns
     ``(orphaned, restored)``, each ``{destination: objects}``. One read when there is nothing to do
     (the sender calls this on every pass)."""
-    ensure_schema(conn)
     now = time.time() if now is None else now
     names = set(configured)
-    with locked(conn):
-        rows = conn.execute(
-            "SELECT DISTINCT destination, state FROM outbox WHERE state IN (?, ?)", (PENDING, ORPHANED)
-        ).fetchall()
-    to_orphan = sorted({r["destination"] for r in rows if r["state"] == PENDING and r["destination"] not in names})
-    to_restore = sorted({r["destination"] for r in rows if r["state"] == ORPHANED and r["destination"] in names})
-    orphaned: dict[str, int] = {}
-    restored: dict[str, int] = {}
+    rows = table.waiting_destinations(conn)
+    to_orphan = sorted({d for d, state in rows if state == PENDING and d not in names})
+    to_restore = sorted({d for d, state in rows if state == ORPHANED and d in names})
     if not to_orphan and not to_restore:
-        return orphaned, restored
-    with write_transaction(conn):
-        for destination in to_orphan:
-            n = conn.execute(
-                "UPDATE outbox SET state = ?, last_error = ? WHERE state = ? AND destination = ?",
-                (ORPHANED, removed_reason(destination), PENDING, destination),
-            ).rowcount
-            if n:
-                orphaned[destination] = n
-        for destination in to_restore:
-            n = conn.execute(
-                "UPDATE outbox SET state = ?, last_error = NULL, next_attempt = ? WHERE state = ? AND destination = ?",
-                (PENDING, now, ORPHANED, destination),
-            ).rowcount
-            if n:
-                restored[destination] = n
-    return orphaned, restored
+        return {}, {}
+    return table.orphan_and_restore(conn, to_orphan, to_restore, removed_reason, now)
 
 
 def mark_delivered(conn: sqlite3.Connection, item_id: int, now: float | None = None) -> None:
-    now = time.time() if now is None else now
-    with write_transaction(conn):
-        conn.execute(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = NULL, delivered_at = ? WHERE id = ?",
-            (DELIVERED, now, item_id),
-        )
+    table.set_delivered(conn, item_id, time.time() if now is None else now)
     _drop_file_if_done(conn, item_id)
 
 
@@ -295,22 +185,11 @@ def mark_retry(
 ) -> float:
     """Count a failed attempt and schedule the next one; returns the delay chosen."""
     now = time.time() if now is None else now
-    with write_transaction(conn):
-        attempts = conn.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()[0] + 1
-        delay = backoff_delay(attempts, initial, cap)
-        conn.execute(
-            "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt = ? WHERE id = ? AND state = ?",
-            (attempts, error, now + delay, item_id, PENDING),
-        )
-    return delay
+    return table.set_retry(conn, item_id, error, lambda attempts: backoff_delay(attempts, initial, cap), now)
 
 
 def mark_failed(conn: sqlite3.Connection, item_id: int, reason: str) -> None:
-    with write_transaction(conn):
-        conn.execute(
-            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
-            (FAILED, reason, item_id),
-        )
+    table.set_failed(conn, item_id, reason)
     _drop_file_if_done(conn, item_id)
 
 
@@ -330,15 +209,10 @@ def retry_failed(
     at ``now`` with their attempts reset; their outbox file (removed when they failed) is made again
     from ``originals`` (``{SOP Instance UID: result file}``). Rows whose file is in neither place
     stay ``failed`` and are listed in ``missing``."""
-    ensure_schema(conn)
     now = time.time() if now is None else now
-    data_dir = data_dir_of(conn)
-    with locked(conn):
-        rows = conn.execute(
-            "SELECT * FROM outbox WHERE source_series_uid = ? AND state = ? ORDER BY id", (source_series_uid, FAILED)
-        ).fetchall()
+    data_dir = conn.data_dir
     ready, missing = [], []
-    for row in rows:
+    for row in table.failed_rows(conn, source_series_uid):
         if not (data_dir / row["path"]).exists():
             original = originals.get(row["sop_instance_uid"])
             if original is None or not original.exists():
@@ -349,35 +223,19 @@ def retry_failed(
                 OutboxObject(original, row["sop_class_uid"], row["sop_instance_uid"], row["study_instance_uid"], source_series_uid),
             )
         ready.append(row)
-    retried: dict[str, int] = {}
-    with write_transaction(conn):
-        for row in ready:
-            if conn.execute(
-                "UPDATE outbox SET state = ?, attempts = 0, next_attempt = ?, last_error = NULL WHERE id = ? AND state = ?",
-                (PENDING, now, row["id"], FAILED),
-            ).rowcount:
-                retried[row["destination"]] = retried.get(row["destination"], 0) + 1
+    retried = table.requeue_failed(conn, ready, now)
     if retried:
-        with _listeners_lock:
-            listeners = list(_listeners)
-        for callback in listeners:
-            callback()
+        _notify()
     return RetriedDeliveries(retried, sorted(set(missing)))
 
 
 def _drop_file_if_done(conn: sqlite3.Connection, item_id: int) -> None:
     """Remove the outbox file once no destination still waits for it (pending or orphaned; the
     result folder keeps the original)."""
-    with locked(conn):
-        row = conn.execute("SELECT path FROM outbox WHERE id = ?", (item_id,)).fetchone()
-        if row is None:
-            return
-        left = conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE path = ? AND state IN (?, ?)", (row["path"], *WAITING)
-        ).fetchone()[0]
-    if left == 0:
+    path = table.unneeded_path(conn, item_id)
+    if path is not None:
         with contextlib.suppress(FileNotFoundError):
-            (data_dir_of(conn) / row["path"]).unlink()
+            (conn.data_dir / path).unlink()
 
 
 def delivery_summary(conn: sqlite3.Connection) -> dict:
@@ -394,20 +252,14 @@ def delivery_summary(conn: sqlite3.Connection) -> dict:
     """
     from dicom_node.results.records import kept_results, results_dir
 
-    ensure_schema(conn)
-    with locked(conn):
-        counts = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-        rows = conn.execute(
-            "SELECT destination, sop_instance_uid, state, attempts, last_error, next_attempt FROM outbox"
-            " WHERE state IN (?, ?, ?) ORDER BY id",
-            (PENDING, ORPHANED, FAILED),
-        ).fetchall()
+    counts = table.state_counts(conn)
+    rows = table.unsettled_rows(conn)
     return {
         "pending": counts.get(PENDING, 0),
         "failed": counts.get(FAILED, 0),
         "delivered": counts.get(DELIVERED, 0),
         "orphaned": counts.get(ORPHANED, 0),
-        "items": [dict(r) for r in rows],
-        "results_dir": str(results_dir(data_dir_of(conn))),
+        "items": rows,
+        "results_dir": str(results_dir(conn.data_dir)),
         "kept": kept_results(conn),
     }

@@ -69,7 +69,6 @@ class Sender:
     def start(self) -> None:
         config = self.live_config.current
         self._conn = connect(config.node.data_dir)
-        outbox.ensure_schema(self._conn)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
         self._thread.start()

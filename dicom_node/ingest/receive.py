@@ -157,7 +157,7 @@ class Receiver:
     def __init__(self, conn: sqlite3.Connection, spool: Spool, implementation_class_uid: str, implementation_version: str) -> None:
         self.conn = conn
         self.spool = spool
-        self.data_dir = db.data_dir_of(conn)
+        self.data_dir = conn.data_dir
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version = implementation_version
         self._uid_locks = [threading.Lock() for _ in range(UID_LOCK_STRIPES)]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from pathlib import Path
+
+from dicom_node.durable import atomic_write, fsync_dir, sweep_temporary
 
 SPOOL_DIRNAME = "spool"
 PART_SUFFIX = ".part"
@@ -30,15 +31,6 @@ def uid_key(uid: str) -> str:
 def content_digest(data: bytes | memoryview) -> str:
     """SHA-256 of the dataset bytes: what decides whether a repeated instance is the same."""
     return hashlib.sha256(data).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of folder ``path`` (files created, renamed or deleted in it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -71,36 +63,9 @@ class Spool:
 
     def write(self, path: Path, chunks: list[bytes | memoryview]) -> None:
         """Write ``chunks`` to ``path`` atomically and durably (raises ``OSError`` on failure)."""
-        folder = path.parent
-        self._ensure_dir(folder)
-        part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident():x}{PART_SUFFIX}")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(part, path)
-        except BaseException:
-            try:
-                part.unlink()
-            except OSError:
-                pass
-            raise
-        fsync_dir(folder)
+        self._ensure_dir(path.parent)
+        atomic_write(path, chunks, mode=0o640, suffix=PART_SUFFIX, unique=True)
 
     def sweep(self) -> int:
         """Remove the temporary files of writes that a crash interrupted; returns how many."""
-        removed = 0
-        for part in self.root.rglob(f"*{PART_SUFFIX}"):
-            try:
-                part.unlink()
-                removed += 1
-            except OSError:
-                pass
-        return removed
+        return sweep_temporary(self.root, PART_SUFFIX)

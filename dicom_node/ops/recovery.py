@@ -42,7 +42,7 @@ def _quarantine(data_dir: Path, path: Path) -> None:
 
 def reconcile_spool(conn: sqlite3.Connection, spool: Spool) -> int:
     """Record spool files the database does not know; returns how many were recorded."""
-    data_dir = db.data_dir_of(conn)
+    data_dir = conn.data_dir
     known = db.stored_paths(conn)
     recorded = 0
     for path in spool.root.rglob("*.dcm"):

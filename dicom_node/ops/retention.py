@@ -63,38 +63,20 @@ import structlog
 
 from dicom_node.state import db
 from dicom_node.config.model import RetentionSettings
-from dicom_node.delivery.outbox import DELIVERED, OUTBOX_DIR, WAITING
+from dicom_node.delivery.outbox import OUTBOX_DIR
 from dicom_node.ops.recovery import QUARANTINE_DIRNAME
 from dicom_node.results.records import RESULTS_DIR, result_folder
-from dicom_node.ingest.spool import SPOOL_DIRNAME, fsync_dir
+from dicom_node.durable import fsync_dir
+from dicom_node.ingest.spool import SPOOL_DIRNAME
+from dicom_node.state import outbox as outbox_table
+from dicom_node.state import results as results_state
+from dicom_node.state import retention as retention_state
+from dicom_node.state.outbox import DELIVERED
 
 log = structlog.get_logger()
 
 DAY_SECONDS = 86400.0
 ACTIVE_STATES = ("queued", "running")  # a result folder of the version being (re)built is left alone
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS purged_results (
-    series_instance_uid TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    folder TEXT NOT NULL,
-    purged_at REAL NOT NULL,
-    files INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    PRIMARY KEY (series_instance_uid, version)
-);
-CREATE TABLE IF NOT EXISTS retention_last_pass (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    finished_at REAL NOT NULL,
-    series_purged INTEGER NOT NULL,
-    result_sets_removed INTEGER NOT NULL,
-    files_deleted INTEGER NOT NULL,
-    bytes_freed INTEGER NOT NULL,
-    held_series INTEGER NOT NULL,
-    seconds REAL NOT NULL
-);
-"""
-
 
 # --- the report ----------------------------------------------------------------------------------
 
@@ -186,16 +168,6 @@ class RetentionReport:
 # --- small helpers -------------------------------------------------------------------------------
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    with db.locked(conn):
-        conn.executescript(SCHEMA)
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    with db.locked(conn):
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 def _cutoff(days: float, now: float) -> float | None:
     """Things final (or delivered) at or before this time are due; None: keep forever."""
     return None if not days or days <= 0 else now - days * DAY_SECONDS
@@ -257,7 +229,7 @@ class _Deleter:
 
 
 def _sync(folder: Path) -> None:
-    """:func:`dicom_node.ingest.spool.fsync_dir`, where a folder already gone needs nothing."""
+    """:func:`dicom_node.durable.fsync_dir`, where a folder already gone needs nothing."""
     with contextlib.suppress(OSError):
         fsync_dir(folder)
 
@@ -286,14 +258,8 @@ def _newest_mtime(folder: Path) -> float:
 
 def _outbox_by_series(conn: sqlite3.Connection) -> dict[str, dict]:
     """``{source_series_uid: {"states": {state: n}, "last_delivered": t}}`` (one scan of outbox)."""
-    if not _has_table(conn, "outbox"):
-        return {}
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT source_series_uid, state, COUNT(*), MAX(delivered_at) FROM outbox GROUP BY source_series_uid, state"
-        ).fetchall()
     out: dict[str, dict] = {}
-    for uid, state, n, last in rows:
+    for uid, state, n, last in outbox_table.by_series(conn):
         entry = out.setdefault(uid, {"states": {}, "last_delivered": None})
         entry["states"][state] = n
         if state == DELIVERED and last is not None:
@@ -301,40 +267,17 @@ def _outbox_by_series(conn: sqlite3.Connection) -> dict[str, dict]:
     return out
 
 
-def _undelivered_rows(conn: sqlite3.Connection, series_instance_uid: str) -> int:
-    if not _has_table(conn, "outbox"):
-        return 0
-    return conn.execute(
-        "SELECT COUNT(*) FROM outbox WHERE source_series_uid = ? AND state != ?", (series_instance_uid, DELIVERED)
-    ).fetchone()[0]
-
-
-def _purgeable(marks: str) -> str:
-    """The SQL condition (on ``series s``) of a series whose received instances may go: final,
-    no purge under way, some instances left. ``marks``: placeholders for :data:`db.FINAL_STATES`."""
-    return (
-        f"s.state IN ({marks}) AND s.purge_started_at IS NULL"
-        " AND EXISTS (SELECT 1 FROM instances i WHERE i.series_instance_uid = s.series_instance_uid)"
-    )
-
-
 def due_series(conn: sqlite3.Connection, received_days: float, now: float) -> tuple[list[db.SeriesRecord], list[HeldSeries]]:
     """Series whose received instances are due for deletion, and those held back by deliveries."""
     cutoff = _cutoff(received_days, now)
     if cutoff is None:
         return [], []
-    marks = ",".join("?" * len(db.FINAL_STATES))
-    with db.locked(conn):
-        rows = conn.execute(
-            f"SELECT * FROM series s WHERE {_purgeable(marks)} AND s.updated_at <= ? ORDER BY s.updated_at",
-            (*db.FINAL_STATES, cutoff),
-        ).fetchall()
-    if not rows:
+    candidates = retention_state.purgeable_series(conn, cutoff)
+    if not candidates:
         return [], []
     deliveries = _outbox_by_series(conn)
     due, held = [], []
-    for row in rows:
-        series = db._series_from_row(row)
+    for series in candidates:
         info = deliveries.get(series.series_instance_uid)
         if info is not None:
             waiting = {state: n for state, n in info["states"].items() if state != DELIVERED}
@@ -347,70 +290,31 @@ def due_series(conn: sqlite3.Connection, received_days: float, now: float) -> tu
     return due, held
 
 
-def _begin_purge(conn: sqlite3.Connection, series: db.SeriesRecord, now: float) -> tuple[float, int] | None:
-    """Step 1: check again under the write lock and mark the series; (started, version) or None."""
-    marks = ",".join("?" * len(db.FINAL_STATES))
-    with db.write_transaction(conn):
-        row = conn.execute(
-            f"SELECT version FROM series s WHERE series_instance_uid = ? AND version = ? AND {_purgeable(marks)}",
-            (series.series_instance_uid, series.version, *db.FINAL_STATES),
-        ).fetchone()
-        if row is None or _undelivered_rows(conn, series.series_instance_uid):
-            return None  # re-opened, re-queued, or purged by another pass (m2unet-node purge) meanwhile
-        conn.execute(
-            "UPDATE series SET purge_started_at = ?, purged_at = NULL,"
-            " purged_instances = CASE WHEN purged_version = ? THEN purged_instances END, purged_version = ?"
-            " WHERE series_instance_uid = ?",
-            (now, series.version, series.version, series.series_instance_uid),
-        )
-    return now, series.version
-
-
 def _purge_files(conn: sqlite3.Connection, data_dir: Path, series_instance_uid: str, started: float, deleter: _Deleter) -> list[str]:
     """Step 2: delete the spool files of the instances received up to ``started``; returns their
     SOP Instance UIDs (the rows step 3 looks at)."""
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT sop_instance_uid, path FROM instances WHERE series_instance_uid = ? AND received_at <= ?",
-            (series_instance_uid, started),
-        ).fetchall()
+    rows = retention_state.instances_received_by(conn, series_instance_uid, started)
     folders = set()
-    for row in rows:
-        path = _inside(data_dir, row["path"], SPOOL_DIRNAME)
+    for _sop, relative in rows:
+        path = _inside(data_dir, relative, SPOOL_DIRNAME)
         if path is not None:
             deleter.remove(path)
             folders.add(path.parent)
     if not deleter.dry_run:
         for folder in folders:
             _sync(folder)  # the deletions are durable before the rows go (no resurrection)
-    return [row["sop_instance_uid"] for row in rows]
+    return [sop for sop, _relative in rows]
 
 
 def _finish_purge(conn: sqlite3.Connection, data_dir: Path, series_instance_uid: str, sop_uids: list[str], now: float) -> int:
     """Step 3: delete the rows whose file is gone (a file written again meanwhile keeps its row);
     mark the series purged. Returns the rows deleted."""
-    deleted = 0
-    with db.write_transaction(conn):
-        for sop in sop_uids:
-            row = conn.execute(
-                "SELECT path FROM instances WHERE sop_instance_uid = ? AND series_instance_uid = ?", (sop, series_instance_uid)
-            ).fetchone()
-            if row is None:
-                continue
-            path = _inside(data_dir, row["path"], SPOOL_DIRNAME)
-            if path is not None and path.exists():
-                continue
-            conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop,))
-            deleted += 1
-        remaining = conn.execute(
-            "SELECT COUNT(*) FROM instances WHERE series_instance_uid = ?", (series_instance_uid,)
-        ).fetchone()[0]
-        conn.execute(
-            "UPDATE series SET instances = ?, purged_at = ?, purged_instances = COALESCE(purged_instances, 0) + ?,"
-            " purge_started_at = NULL WHERE series_instance_uid = ?",
-            (remaining, now, deleted, series_instance_uid),
-        )
-    return deleted
+
+    def file_gone(relative: str) -> bool:
+        path = _inside(data_dir, relative, SPOOL_DIRNAME)
+        return path is None or not path.exists()
+
+    return retention_state.finish_purge(conn, series_instance_uid, sop_uids, file_gone, now)
 
 
 def purge_series(
@@ -421,10 +325,9 @@ def purge_series(
     if dry_run:
         _purge_files(conn, data_dir, series.series_instance_uid, now, deleter)
         return PurgedSeries(series.series_instance_uid, series.study_instance_uid, series.version, series.state, deleter.files, deleter.bytes)
-    begun = _begin_purge(conn, series, now)
-    if begun is None:
-        return None
-    started, version = begun
+    if not retention_state.begin_purge(conn, series, now):
+        return None  # re-opened, re-queued, or purged by another pass (m2unet-node purge) meanwhile
+    started, version = now, series.version
     sop_uids = _purge_files(conn, data_dir, series.series_instance_uid, started, deleter)
     _finish_purge(conn, data_dir, series.series_instance_uid, sop_uids, time.time())
     if deleter.errors:
@@ -449,14 +352,10 @@ def resume_interrupted_purges(conn: sqlite3.Connection, data_dir: str | Path) ->
     the files received up to that time, then the rows. The node calls this at start-up before it
     accepts associations; each pass calls it too. Returns how many series it finished."""
     data_dir = Path(data_dir)
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT series_instance_uid, purge_started_at FROM series WHERE purge_started_at IS NOT NULL"
-        ).fetchall()
-    for row in rows:
-        uid = row["series_instance_uid"]
+    rows = retention_state.interrupted_purges(conn)
+    for uid, purge_started_at in rows:
         deleter = _Deleter(dry_run=False)
-        sop_uids = _purge_files(conn, data_dir, uid, row["purge_started_at"], deleter)
+        sop_uids = _purge_files(conn, data_dir, uid, purge_started_at, deleter)
         deleted = _finish_purge(conn, data_dir, uid, sop_uids, time.time())
         log.warning("series_purge_resumed", series_uid=uid, instances=deleted, files=deleter.files)
     return len(rows)
@@ -465,37 +364,16 @@ def resume_interrupted_purges(conn: sqlite3.Connection, data_dir: str | Path) ->
 # --- results, outbox copies, quarantine ---------------------------------------------------------
 
 
-def _outbox_by_sop(conn: sqlite3.Connection) -> dict[str, tuple[int, float | None]]:
-    """``{sop_instance_uid: (rows not delivered, last delivered_at)}``."""
-    if not _has_table(conn, "outbox"):
-        return {}
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT sop_instance_uid, SUM(state != ?), MAX(delivered_at) FROM outbox GROUP BY sop_instance_uid", (DELIVERED,)
-        ).fetchall()
-    return {r[0]: (r[1] or 0, r[2]) for r in rows}
-
-
 def due_result_sets(conn: sqlite3.Connection, results_days: float, now: float) -> tuple[list[dict], int]:
     """Result sets due for deletion (rows of ``results`` with their series' state), and how many
     past ``results_days`` are held because an object of theirs is not delivered."""
     cutoff = _cutoff(results_days, now)
-    if cutoff is None or not _has_table(conn, "results"):
+    if cutoff is None:
         return [], 0
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT r.series_instance_uid, r.version, r.study_instance_uid, r.folder, r.seg_sop_instance_uid,"
-            " r.sr_sop_instance_uid, r.summary_sop_instance_uid, r.created_at,"
-            " s.state AS series_state, s.version AS series_version"
-            " FROM results r LEFT JOIN series s ON s.series_instance_uid = r.series_instance_uid"
-            " WHERE r.created_at <= ? AND NOT EXISTS (SELECT 1 FROM purged_results p"
-            "  WHERE p.series_instance_uid = r.series_instance_uid AND p.version = r.version)"
-            " ORDER BY r.created_at",
-            (cutoff,),
-        ).fetchall()
+    rows = results_state.due_result_rows(conn, cutoff)
     if not rows:
         return [], 0
-    deliveries = _outbox_by_sop(conn)
+    deliveries = outbox_table.by_sop(conn)
     due, held = [], 0
     for row in rows:
         if row["series_state"] in ACTIVE_STATES and row["series_version"] == row["version"]:
@@ -508,7 +386,7 @@ def due_result_sets(conn: sqlite3.Connection, results_days: float, now: float) -
         last = max([t for _, t in known if t is not None], default=None)
         if last is not None and last > cutoff:
             continue
-        due.append(dict(row))
+        due.append(row)
     return due, held
 
 
@@ -523,12 +401,10 @@ def _remove_result_set(conn: sqlite3.Connection, data_dir: Path, row: dict, now:
     if deleter.errors:  # not recorded: the next pass tries again
         log.warning("retention_delete_failed", series_uid=removed.series_instance_uid, version=removed.version, files=deleter.errors)
         return removed
-    with db.write_transaction(conn):  # after the files: a crash in between is finished next pass
-        conn.execute(
-            "INSERT OR REPLACE INTO purged_results (series_instance_uid, version, folder, purged_at, files, bytes)"
-            " VALUES (?,?,?,?,?,?)",
-            (row["series_instance_uid"], row["version"], row["folder"], now, removed.files, removed.bytes),
-        )
+    # after the files: a crash in between is finished next pass
+    results_state.record_purged_result_set(
+        conn, row["series_instance_uid"], row["version"], row["folder"], now, removed.files, removed.bytes
+    )
     log.info("results_purged", series_uid=removed.series_instance_uid, version=removed.version, files=removed.files, bytes=removed.bytes)
     return removed
 
@@ -539,10 +415,7 @@ def _stray_result_folders(conn: sqlite3.Connection, data_dir: Path, cutoff: floa
     root = data_dir / RESULTS_DIR
     if not root.is_dir():
         return []
-    known: set[str] = set()
-    if _has_table(conn, "results"):
-        with db.locked(conn):
-            known = {r[0] for r in conn.execute("SELECT folder FROM results").fetchall()}
+    known = results_state.result_folders(conn)
     busy = {
         result_folder(data_dir, s.study_instance_uid, s.series_instance_uid, s.version)
         for s in db.list_series(conn, states=ACTIVE_STATES)
@@ -564,16 +437,7 @@ def _outbox_strays(conn: sqlite3.Connection, data_dir: Path, cutoff: float) -> l
     root = data_dir / OUTBOX_DIR
     if not root.is_dir():
         return []
-    rows: dict[str, tuple[int, float]] = {}
-    if _has_table(conn, "outbox"):
-        with db.locked(conn):
-            rows = {
-                r[0]: (r[1] or 0, r[2] or 0.0)
-                for r in conn.execute(
-                    "SELECT path, SUM(state IN (?, ?)), MAX(COALESCE(delivered_at, created_at)) FROM outbox GROUP BY path",
-                    WAITING,
-                ).fetchall()
-            }
+    rows = outbox_table.by_path(conn)
     stray = []
     for entry in sorted(root.iterdir()):
         if not entry.is_file():
@@ -620,7 +484,6 @@ def apply_retention(
     started = time.monotonic()
     now = time.time() if now is None else now
     data_dir = Path(data_dir)
-    ensure_schema(conn)
     report = RetentionReport(dry_run=dry_run)
 
     def stopping() -> bool:
@@ -679,41 +542,18 @@ def apply_retention(
 
 
 def _record_pass(conn: sqlite3.Connection, report: RetentionReport, finished_at: float) -> None:
-    with db.write_transaction(conn):
-        conn.execute(
-            "INSERT OR REPLACE INTO retention_last_pass (id, finished_at, series_purged, result_sets_removed,"
-            " files_deleted, bytes_freed, held_series, seconds) VALUES (1,?,?,?,?,?,?,?)",
-            (
-                finished_at,
-                report.series_purged,
-                len(report.result_sets),
-                report.files_deleted,
-                report.bytes_freed,
-                len(report.held),
-                round(report.seconds, 3),
-            ),
-        )
-
-
-def last_pass(conn: sqlite3.Connection) -> dict | None:
-    """The last pass's counts (``finished_at`` epoch seconds), or None when none ran yet."""
-    if not _has_table(conn, "retention_last_pass"):
-        return None
-    with db.locked(conn):
-        row = conn.execute("SELECT * FROM retention_last_pass WHERE id = 1").fetchone()
-    if row is None:
-        return None
-    out = dict(row)
-    out.pop("id", None)
-    return out
-
-
-def purged_result_sets(conn: sqlite3.Connection) -> set[tuple[str, int]]:
-    """(Series Instance UID, version) of every result set retention removed."""
-    if not _has_table(conn, "purged_results"):
-        return set()
-    with db.locked(conn):
-        return {(r[0], r[1]) for r in conn.execute("SELECT series_instance_uid, version FROM purged_results").fetchall()}
+    retention_state.record_pass(
+        conn,
+        finished_at,
+        {
+            "series_purged": report.series_purged,
+            "result_sets_removed": len(report.result_sets),
+            "files_deleted": report.files_deleted,
+            "bytes_freed": report.bytes_freed,
+            "held_series": len(report.held),
+            "seconds": round(report.seconds, 3),
+        },
+    )
 
 
 # --- start-up tidying and disk use --------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from dicom_node.state import db
 
 from dicom_node.delivery import outbox
+from dicom_node.state import outbox as outbox_table
 from dicom_node.config.model import ConfigError, load_config
 
 EXIT_OK = 0
@@ -40,15 +41,6 @@ class RetryOutcome:
 
 def _deliveries_in_words(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} to {name}" for name, n in sorted(counts.items()))
-
-
-def _outbox_states(conn, series_uid: str) -> dict[str, int]:
-    outbox.ensure_schema(conn)
-    with db.locked(conn):
-        rows = conn.execute(
-            "SELECT state, COUNT(*) FROM outbox WHERE source_series_uid = ? GROUP BY state", (series_uid,)
-        ).fetchall()
-    return {state: n for state, n in rows}
 
 
 def retry_series(conn, series_uid: str) -> RetryOutcome:
@@ -84,7 +76,7 @@ def retry_series(conn, series_uid: str) -> RetryOutcome:
         return RetryOutcome(EXIT_OK, lines + problems)
     if problems:
         return RetryOutcome(EXIT_FAILED, problems)
-    states = _outbox_states(conn, series_uid)
+    states = outbox_table.state_counts(conn, series_uid)
     deliveries = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
     reason = f", {series.reason}" if series.reason else ""
     return RetryOutcome(

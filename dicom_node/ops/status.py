@@ -35,7 +35,8 @@ from dicom_node.state import db
 from dicom_node.config.model import ConfigError, RetentionSettings, load_config
 from dicom_node.delivery.outbox import PENDING, WAITING, delivery_summary
 from dicom_node.ops.disk_use import disk_use
-from dicom_node.ops.retention import last_pass, purged_result_sets
+from dicom_node.state.retention import last_pass
+from dicom_node.state.results import purged_result_sets, qc_verdicts
 
 
 def _iso(ts: float) -> str | None:
@@ -91,16 +92,6 @@ def _retention(conn: sqlite3.Connection, settings: RetentionSettings | None, pur
     return out
 
 
-def _qc_verdicts(conn: sqlite3.Connection) -> dict:
-    """The quality check of each recorded result set (``results`` table: check names only)."""
-    try:
-        from dicom_node.results.records import qc_verdicts
-
-        return qc_verdicts(conn)
-    except (ImportError, sqlite3.Error):
-        return {}
-
-
 def _qc_note(s: dict) -> str | None:
     qc = s.get("qc")
     if not qc or qc.get("passed") is None:
@@ -115,7 +106,7 @@ def collect_status(
 ) -> dict:
     """The status document; ``configured``: the destination names of the config (None: unknown);
     ``retention``: the config's ``[retention]`` (None: unknown, only the database's counts)."""
-    verdicts = _qc_verdicts(conn)
+    verdicts = qc_verdicts(conn)  # the quality check of each recorded result set (check names only)
     series = [
         {
             "study_instance_uid": s.study_instance_uid,
@@ -136,7 +127,7 @@ def collect_status(
         }
         for s in db.list_series(conn)
     ]
-    data_dir = db.data_dir_of(conn)
+    data_dir = conn.data_dir
     purged = purged_result_sets(conn)  # result sets retention removed: not kept any more
     return {
         "data_dir": str(data_dir),

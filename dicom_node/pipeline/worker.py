@@ -40,6 +40,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -49,10 +50,11 @@ from dicom_node.state import db
 from dicom_node.delivery import outbox
 from dicom_node.pipeline.resource_errors import transient_resource_error
 from dicom_node.results.analysis import analyse
-from dicom_node.results.atomic import write_atomically
+from dicom_node.durable import atomic_write
 from dicom_node.results.build import build_result_set, write_result_set
 from dicom_node.results.findings import findings_dict
-from dicom_node.results.records import job_attempts, record_result, result_folder, start_job
+from dicom_node.results.records import record_result, result_folder
+from dicom_node.state.results import job_attempts, start_job
 from dicom_node.results.sanitize import scrub_text
 
 log = structlog.get_logger()
@@ -122,7 +124,8 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
 
     uid, version = record.series_instance_uid, record.version
     started = time.perf_counter()
-    created = start_job(conn, uid, version)
+    # whole seconds: the same value whatever float rounding the database applies; local time, as DICOM dates are
+    created = datetime.fromtimestamp(int(start_job(conn, uid, version)))
     paths = db.series_instance_paths(conn, uid)
     bound.info("job_started", instances=len(paths))
     stage.name = "reading the series"
@@ -234,8 +237,7 @@ def _failed_where(exc: BaseException) -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2).encode("utf-8")
-    write_atomically(path, lambda handle: handle.write(text))
+    atomic_write(path, json.dumps(data, indent=2), sync_folder=False)
 
 
 class PipelineWorker:

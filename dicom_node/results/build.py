@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.results.atomic import write_atomically
+from dicom_node.durable import atomic_write, fsync_dir
 from dicom_node.results.findings import Findings
 from dicom_node.results.records import FILE_NAMES
 from dicom_node.results.seg import build_seg
@@ -24,7 +24,6 @@ from dicom_node.results.sr import build_sr
 from dicom_node.results.stamp import stamp
 from dicom_node.results.summary import build_summary
 from dicom_node.results.uids import ResultKind, result_identity
-from dicom_node.ingest.spool import fsync_dir
 
 
 
@@ -89,6 +88,6 @@ def write_result_set(result_set: ResultSet, folder: Path) -> dict[ResultKind, Pa
 
 
 def write_dataset(dataset: Dataset, path: Path) -> None:
-    """The DICOM file, whole or not at all (:mod:`dicom_node.results.atomic`)."""
-    write_atomically(path, lambda handle: dataset.save_as(handle, enforce_file_format=True))
+    """The DICOM file, whole or not at all (:mod:`dicom_node.durable`); the caller fsyncs the folder."""
+    atomic_write(path, lambda handle: dataset.save_as(handle, enforce_file_format=True), sync_folder=False)
 

@@ -1,4 +1,6 @@
-"""The node's state database (``data_dir/state.sqlite3``, WAL): ingest's tables and the contract.
+"""The node's state database (``data_dir/state.sqlite3``, WAL): the connection, ingest's tables
+and the contract. Every table is created by :mod:`dicom_node.state.schema` when :func:`connect`
+opens the database.
 
 Ingest owns two tables:
 
@@ -30,7 +32,7 @@ series: their ``instances`` rows go, the ``series`` row stays with ``purged_at``
 (``purge_started_at`` is set while a purge is under way, so an interrupted one is finished). A
 late instance re-opens a purged series like any other: the new version holds only the instances
 received since (``purged_version < version`` says so), and series selection skips it when they are
-too few. These columns are added to an existing database by :func:`connect` (``ALTER TABLE``).
+too few. These columns are added to an existing database by :func:`connect` (:mod:`dicom_node.state.schema`).
 
 Durability: ``synchronous=NORMAL`` in WAL mode. A killed process loses no commit; a power cut may
 lose the last ones, which :func:`dicom_node.ops.recovery.reconcile_spool` rebuilds from the spool files
@@ -54,46 +56,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from dicom_node.state.schema import create_schema
+
 DB_FILENAME = "state.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS series (
-    series_instance_uid TEXT PRIMARY KEY,
-    study_instance_uid TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    version INTEGER NOT NULL DEFAULT 1,
-    instances INTEGER NOT NULL DEFAULT 0,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS series_state ON series (state, updated_at);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    calling_ae TEXT NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances (series_instance_uid);
-"""
-
-# Columns added after the first release: (name, type). connect() adds the missing ones.
-ADDED_SERIES_COLUMNS = (
-    ("purged_at", "REAL"),  # retention deleted the instances of version purged_version at this time
-    ("purged_version", "INTEGER"),
-    ("purged_instances", "INTEGER"),  # how many instances that purge deleted
-    ("purge_started_at", "REAL"),  # a purge under way (files being deleted); NULL once finished
-    ("retry_at", "REAL"),  # a queued series waiting out a transient resource error: not claimed before
-)
 FINAL_STATES = ("done", "failed", "skipped")
 
 
@@ -159,15 +126,19 @@ class RecordResult:
 
 
 class NodeConnection(sqlite3.Connection):
-    """A connection with the lock that makes it safe to share between threads."""
+    """A connection with the lock that makes it safe to share between threads, and the
+    ``data_dir`` it was opened in (paths in the tables are relative to it)."""
+
+    data_dir: Path
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lock = threading.RLock()
 
 
-def connect(data_dir: str | Path) -> sqlite3.Connection:
-    """Open (creating if needed) ``data_dir/state.sqlite3`` in WAL mode with ingest's tables."""
+def connect(data_dir: str | Path) -> NodeConnection:
+    """Open (creating if needed) ``data_dir/state.sqlite3`` in WAL mode with every table of
+    :mod:`dicom_node.state.schema`."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -177,40 +148,14 @@ def connect(data_dir: str | Path) -> sqlite3.Connection:
         check_same_thread=False,
         factory=NodeConnection,
     )
+    conn.data_dir = data_dir
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.ops.recovery: the spool is the truth
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with locked(conn):
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
-    _add_missing_columns(conn)
+        create_schema(conn)
     return conn
-
-
-def _series_columns(conn: sqlite3.Connection) -> set[str]:
-    return {row[1] for row in conn.execute("PRAGMA table_info(series)").fetchall()}
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Migrate a database made by an older release: ``ALTER TABLE series ADD COLUMN`` for each
-    column of :data:`ADDED_SERIES_COLUMNS` it lacks (checked again inside the write transaction,
-    so concurrent connects do not add a column twice)."""
-    with locked(conn):
-        if {name for name, _ in ADDED_SERIES_COLUMNS} <= _series_columns(conn):
-            return
-        with write_transaction(conn):
-            have = _series_columns(conn)
-            for name, sql_type in ADDED_SERIES_COLUMNS:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE series ADD COLUMN {name} {sql_type}")
-
-
-def data_dir_of(conn: sqlite3.Connection) -> Path:
-    """The folder holding the connection's database file (``data_dir``)."""
-    for _, name, filename in conn.execute("PRAGMA database_list").fetchall():
-        if name == "main":
-            return Path(filename).parent
-    raise ValueError("connection has no main database file")
 
 
 def locked(conn: sqlite3.Connection):
@@ -231,7 +176,7 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("COMMIT")
 
 
-def _series_from_row(row) -> SeriesRecord:
+def series_from_row(row) -> SeriesRecord:
     names = row.keys()
     optional = {
         name: row[name] for name in ("purged_at", "purged_version", "purged_instances", "retry_at") if name in names
@@ -254,7 +199,7 @@ def _series_from_row(row) -> SeriesRecord:
 def get_series(conn: sqlite3.Connection, series_instance_uid: str) -> SeriesRecord | None:
     with locked(conn):
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (series_instance_uid,)).fetchone()
-    return _series_from_row(row) if row else None
+    return series_from_row(row) if row else None
 
 
 def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None) -> list[SeriesRecord]:
@@ -267,7 +212,7 @@ def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None)
             ).fetchall()
         else:
             rows = conn.execute("SELECT * FROM series ORDER BY first_received").fetchall()
-    return [_series_from_row(r) for r in rows]
+    return [series_from_row(r) for r in rows]
 
 
 class StoredCopy(NamedTuple):
@@ -301,7 +246,7 @@ def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | 
         old = conn.execute("SELECT * FROM instances WHERE sop_instance_uid = ?", (rec.sop_instance_uid,)).fetchone()
         if old is not None and old["digest"] == rec.digest and old["path"] == rec.path:
             row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (old["series_instance_uid"],)).fetchone()
-            return RecordResult(StoreOutcome.DUPLICATE, _series_from_row(row), reopened=False)
+            return RecordResult(StoreOutcome.DUPLICATE, series_from_row(row), reopened=False)
         conn.execute(
             "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
@@ -349,12 +294,12 @@ def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | 
             )
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (rec.series_instance_uid,)).fetchone()
     outcome = StoreOutcome.STORED if old is None else StoreOutcome.REPLACED
-    return RecordResult(outcome, _series_from_row(row), reopened)
+    return RecordResult(outcome, series_from_row(row), reopened)
 
 
 def series_instance_paths(conn: sqlite3.Connection, series_instance_uid: str) -> list[Path]:
     """The spool files of a series' instances (absolute paths; order is not meaningful)."""
-    root = data_dir_of(conn)
+    root = conn.data_dir
     with locked(conn):
         rows = conn.execute(
             "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY sop_instance_uid", (series_instance_uid,)
@@ -431,7 +376,7 @@ def claim_queued_series(conn: sqlite3.Connection, now: float | None = None) -> S
             (SeriesState.RUNNING.value, time.time(), row["series_instance_uid"]),
         )
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (row["series_instance_uid"],)).fetchone()
-    return _series_from_row(row)
+    return series_from_row(row)
 
 
 def set_series_state(

@@ -197,7 +197,7 @@ def queue_series(conn, paths: list[Path], calling_ae: str = "SCANNER"):
 
     from dicom_node.state import db
 
-    data_dir = db.data_dir_of(conn)
+    data_dir = conn.data_dir
     target = data_dir / "incoming-test"
     target.mkdir(parents=True, exist_ok=True)
     series_uid = None

@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 
 from dicom_node.state import db
 
-from dicom_node.pipeline.worker import worker as pipeline
-from dicom_node.results import atomic
+from dicom_node.pipeline import worker as pipeline
+from dicom_node import durable
 from dicom_node.results.records import result_folder
 from dicom_node.ops.status import collect_status, format_status
 from m2unet.predictor import Predictor
@@ -107,7 +107,7 @@ def test_disk_full_while_writing_results_waits_with_backoff_and_succeeds_once_sp
 ):
     data_dir, study, uid = _received_series(tmp_path)
     disk = FullDisk(space_after=2)
-    monkeypatch.setattr(atomic, "open", disk.open, raising=False)
+    monkeypatch.setattr(durable, "open", disk.open, raising=False)
     monkeypatch.setattr(pipeline, "RESOURCE_RETRY_INITIAL_S", 0.5)
     monkeypatch.setattr(pipeline, "RESOURCE_RETRY_MAX_S", 1.0)
     worker = pipeline.PipelineWorker(StaticConfig(pipeline_config(data_dir)), predictor=predictor)
@@ -135,7 +135,7 @@ def test_disk_full_while_writing_results_waits_with_backoff_and_succeeds_once_sp
 def test_disk_full_is_stated_in_status_and_a_restart_retries_at_once(tmp_path, monkeypatch, predictor, weights):
     data_dir, study, uid = _received_series(tmp_path)
     disk = FullDisk()
-    monkeypatch.setattr(atomic, "open", disk.open, raising=False)
+    monkeypatch.setattr(durable, "open", disk.open, raising=False)
     monkeypatch.setattr(pipeline, "RESOURCE_RETRY_INITIAL_S", 3600.0)  # without a restart: an hour
     monkeypatch.setattr(pipeline, "RESOURCE_RETRY_MAX_S", 7200.0)
     worker = pipeline.PipelineWorker(StaticConfig(pipeline_config(data_dir)), predictor=predictor)

@@ -124,7 +124,6 @@ def _sender(data_dir: Path, destinations, node_tls: TlsSettings | None = None, *
     if node_tls is not None:
         config = replace(config, tls=node_tls)
     conn = db.connect(data_dir)
-    outbox.ensure_schema(conn)
     s = Sender(StaticConfig(config))
     s._conn = conn
     return s, conn

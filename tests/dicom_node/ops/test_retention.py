@@ -17,7 +17,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.state import db
+from dicom_node.state import db, schema
+from dicom_node.state import results as results_state
+from dicom_node.state import retention as retention_state
 
 from dicom_node.delivery import outbox
 
@@ -243,7 +245,7 @@ def test_dry_run_reports_and_deletes_nothing(data):
     assert report.bytes_freed >= 2 * 100 + 3 * 50
     assert all(p.exists() for p in files) and data.rows("1.2.3") == 2 and not data.series("1.2.3").purged
     assert (result_folder(data.root, "1.2.9", "1.2.3", 1) / "seg.dcm").exists()
-    assert retention.last_pass(data.conn) is None  # a dry run is not a pass
+    assert retention_state.last_pass(data.conn) is None  # a dry run is not a pass
 
 
 # --- results, outbox copies, quarantine ---------------------------------------------------------
@@ -259,7 +261,7 @@ def test_results_kept_on_disk_are_removed_after_results_days(data):
     report = retention.apply_retention(data.conn, data.root, SETTINGS, now=later(31))
     assert [(r.series_instance_uid, r.version, r.files) for r in report.result_sets] == [("1.2.3", 1, 4)]
     assert not folder.exists() and report.result_files == 4
-    assert retention.purged_result_sets(data.conn) == {("1.2.3", 1)}
+    assert results_state.purged_result_sets(data.conn) == {("1.2.3", 1)}
     from dicom_node.ops.status import collect_status
 
     assert collect_status(data.conn)["deliveries"]["kept"] == []  # status no longer lists it as kept
@@ -393,7 +395,7 @@ def test_an_existing_database_is_migrated(tmp_path):
     data_dir = tmp_path / "old"
     data_dir.mkdir()
     old = sqlite3.connect(data_dir / db.DB_FILENAME)
-    old.executescript(db.SCHEMA)
+    old.executescript(schema.TABLES)
     old.execute(
         "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, state, version, instances,"
         " first_received, last_received, updated_at) VALUES ('1.2.3', '1.2', 'CT_1', 'done', 1, 0, 1, 1, 1)"

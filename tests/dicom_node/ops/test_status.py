@@ -1,6 +1,7 @@
 """``m2unet-node status [--json]``: series with their state and reason; deliveries; no patient data."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -95,16 +96,19 @@ def test_results_table_of_an_older_database_gets_the_qc_columns(tmp_path, capsys
     from m2unet.qc import Check, QualityCheck
 
     config = make_state(tmp_path)
-    conn = db.connect(tmp_path / "data")
-    with db.locked(conn):  # the results table as the first release created it
-        conn.execute(
-            "CREATE TABLE results (series_instance_uid TEXT NOT NULL, version INTEGER NOT NULL,"
-            " study_instance_uid TEXT NOT NULL, folder TEXT NOT NULL, seg_sop_instance_uid TEXT NOT NULL,"
-            " sr_sop_instance_uid TEXT NOT NULL, summary_sop_instance_uid TEXT, destinations INTEGER NOT NULL,"
-            " severity TEXT NOT NULL, probability_severe REAL NOT NULL, created_at REAL NOT NULL,"
-            " PRIMARY KEY (series_instance_uid, version))"
-        )
-        conn.execute("INSERT INTO results VALUES ('1.2.4', 1, '1.2', 'results/a', '1', '2', NULL, 0, 'severe', 0.9, 0)")
+    old = sqlite3.connect(tmp_path / "data" / db.DB_FILENAME)  # the results table as the first release created it
+    old.execute("DROP TABLE results")
+    old.execute(
+        "CREATE TABLE results (series_instance_uid TEXT NOT NULL, version INTEGER NOT NULL,"
+        " study_instance_uid TEXT NOT NULL, folder TEXT NOT NULL, seg_sop_instance_uid TEXT NOT NULL,"
+        " sr_sop_instance_uid TEXT NOT NULL, summary_sop_instance_uid TEXT, destinations INTEGER NOT NULL,"
+        " severity TEXT NOT NULL, probability_severe REAL NOT NULL, created_at REAL NOT NULL,"
+        " PRIMARY KEY (series_instance_uid, version))"
+    )
+    old.execute("INSERT INTO results VALUES ('1.2.4', 1, '1.2', 'results/a', '1', '2', NULL, 0, 'severe', 0.9, 0)")
+    old.commit()
+    old.close()
+    conn = db.connect(tmp_path / "data")  # migrates it
     _record_done(tmp_path, conn, QualityCheck([Check("lung_volume", True, "5 L")]))
     columns = {row[1] for row in conn.execute("PRAGMA table_info(results)").fetchall()}
     assert {"qc_passed", "qc_failed"} <= columns
