@@ -76,7 +76,7 @@ from dicom_node.state.outbox import DELIVERED
 log = structlog.get_logger()
 
 DAY_SECONDS = 86400.0
-ACTIVE_STATES = ("queued", "running")  # a result folder of the version being (re)built is left alone
+ACTIVE_STATES = (db.SeriesState.QUEUED, db.SeriesState.RUNNING)  # a result folder of the version being (re)built is left alone
 
 # --- the report ----------------------------------------------------------------------------------
 

@@ -52,8 +52,8 @@ def retry_series(conn, series_uid: str) -> RetryOutcome:
         return RetryOutcome(EXIT_INVALID, [f'SERIES_UID = "{series_uid}": no such series (m2unet-node status lists them)'])
     lines: list[str] = []
     problems: list[str] = []
-    job_failed = series.state == db.SeriesState.FAILED.value
-    waiting = series.state == db.SeriesState.QUEUED.value and series.retry_at is not None
+    job_failed = series.state == db.SeriesState.FAILED
+    waiting = series.state == db.SeriesState.QUEUED and series.retry_at is not None
     if job_failed or waiting:
         if series.purged:
             problems.append(

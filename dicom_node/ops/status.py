@@ -122,8 +122,8 @@ def collect_status(
             "purged_at": _iso(s.purged_at) if s.purged_at else None,
             "purged_version": s.purged_version,
             "purged_instances": s.purged_instances,
-            "qc": verdicts.get((s.series_instance_uid, s.version)) if s.state == "done" else None,
-            "retry_at": _iso(s.retry_at) if s.state == "queued" and s.retry_at else None,
+            "qc": verdicts.get((s.series_instance_uid, s.version)) if s.state == db.SeriesState.DONE else None,
+            "retry_at": _iso(s.retry_at) if s.state == db.SeriesState.QUEUED and s.retry_at else None,
         }
         for s in db.list_series(conn)
     ]

@@ -135,7 +135,7 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
         if transient_resource_error(exc):  # a file that could not be opened for want of descriptors...
             raise
         reason = getattr(exc, "reason", None) or str(exc)
-        db.set_series_state(conn, uid, db.SeriesState.FAILED.value, reason=reason, version=version)
+        db.set_series_state(conn, uid, db.SeriesState.FAILED, reason=reason, version=version)
         bound.warning("job_failed", reason=reason)
         return "failed"
     try:
@@ -162,11 +162,11 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
         # no patient/study value in status, the database or the log (the traceback is left out:
         # its frames may hold such values)
         reason = scrub_text(f"{type(exc).__name__}: {exc}", reconstructed.datasets)[:500]
-        db.set_series_state(conn, uid, db.SeriesState.FAILED.value, reason=reason, version=version)
+        db.set_series_state(conn, uid, db.SeriesState.FAILED, reason=reason, version=version)
         bound.error("job_failed", reason=reason, where=_failed_where(exc))
         return "failed"
     current = db.get_series(conn, uid)
-    if current is None or current.version != version or current.state != db.SeriesState.RUNNING.value:
+    if current is None or current.version != version or current.state != db.SeriesState.RUNNING:
         bound.info("job_stale", current_version=getattr(current, "version", None), state=getattr(current, "state", None))
         return "stale"
     stage.name = "queueing results for delivery"
@@ -198,7 +198,7 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
     )
     # what was left out stays visible in status ("1 instance excluded: other image size 128x128")
     note = reconstructed.exclusion_note()
-    db.set_series_state(conn, uid, db.SeriesState.DONE.value, reason=note, version=version)
+    db.set_series_state(conn, uid, db.SeriesState.DONE, reason=note, version=version)
     qc = analysis.findings.qc
     bound.info(
         "job_done",

@@ -64,7 +64,7 @@ class Assembler:
 
     def start(self) -> None:
         self.scheduler.start()
-        resumed = db.list_series(self.conn, states=(db.SeriesState.RECEIVING.value,))
+        resumed = db.list_series(self.conn, states=(db.SeriesState.RECEIVING,))
         for series in resumed:
             self._arm(series.series_instance_uid, self._due(series))
         log.info("assembler_started", resumed_series=len(resumed))
@@ -112,18 +112,18 @@ class Assembler:
         with self._lock:
             self._armed.discard(series_uid)
         series = db.get_series(self.conn, series_uid)
-        if series is None or series.state != db.SeriesState.RECEIVING.value:
+        if series is None or series.state != db.SeriesState.RECEIVING:
             return
         due = self._due(series)
         if time.time() < due:
             self._arm(series_uid, due)
             return
-        if not db.complete_series(self.conn, series_uid, series.version, db.SeriesState.COMPLETE.value):
+        if not db.complete_series(self.conn, series_uid, series.version, db.SeriesState.COMPLETE):
             self._arm(series_uid, time.time())
             return
         selection = select_series_files(db.series_instance_paths(self.conn, series_uid))
         state = db.SeriesState.SKIPPED if selection.skip_reason else db.SeriesState.QUEUED
-        if not db.complete_series(self.conn, series_uid, series.version, state.value, selection.skip_reason):
+        if not db.complete_series(self.conn, series_uid, series.version, state, selection.skip_reason):
             return  # an instance arrived meanwhile: its own timer completes the new version
         log.info(
             "series_complete",

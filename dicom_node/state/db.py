@@ -61,10 +61,7 @@ from dicom_node.state.schema import create_schema
 DB_FILENAME = "state.sqlite3"
 BUSY_TIMEOUT_S = 30.0
 
-FINAL_STATES = ("done", "failed", "skipped")
-
-
-class SeriesState(str, enum.Enum):
+class SeriesState(enum.StrEnum):
     RECEIVING = "receiving"
     COMPLETE = "complete"
     QUEUED = "queued"
@@ -74,13 +71,16 @@ class SeriesState(str, enum.Enum):
     SKIPPED = "skipped"
 
 
+FINAL_STATES = (SeriesState.DONE, SeriesState.FAILED, SeriesState.SKIPPED)
+
+
 @dataclass(frozen=True)
 class SeriesRecord:
     study_instance_uid: str
     series_instance_uid: str
     calling_ae: str
     instances: int
-    state: str
+    state: SeriesState
     reason: str | None
     version: int
     first_received: float = 0.0
@@ -186,7 +186,7 @@ def series_from_row(row) -> SeriesRecord:
         series_instance_uid=row["series_instance_uid"],
         calling_ae=row["calling_ae"],
         instances=row["instances"],
-        state=row["state"],
+        state=SeriesState(row["state"]),
         reason=row["reason"],
         version=row["version"],
         first_received=row["first_received"],
@@ -202,7 +202,7 @@ def get_series(conn: sqlite3.Connection, series_instance_uid: str) -> SeriesReco
     return series_from_row(row) if row else None
 
 
-def list_series(conn: sqlite3.Connection, states: tuple[str, ...] | None = None) -> list[SeriesRecord]:
+def list_series(conn: sqlite3.Connection, states: tuple[SeriesState, ...] | None = None) -> list[SeriesRecord]:
     """Every series (or those in ``states``), oldest first."""
     with locked(conn):
         if states:
@@ -273,10 +273,10 @@ def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | 
             conn.execute(
                 "INSERT INTO series (series_instance_uid, study_instance_uid, calling_ae, state, reason, version,"
                 " instances, first_received, last_received, updated_at) VALUES (?,?,?,?,NULL,1,1,?,?,?)",
-                (rec.series_instance_uid, rec.study_instance_uid, rec.calling_ae, SeriesState.RECEIVING.value, now, now, now),
+                (rec.series_instance_uid, rec.study_instance_uid, rec.calling_ae, SeriesState.RECEIVING, now, now, now),
             )
         else:
-            reopened = row["state"] != SeriesState.RECEIVING.value
+            reopened = row["state"] != SeriesState.RECEIVING
             conn.execute(
                 "UPDATE series SET instances = ?, last_received = ?, updated_at = ?, calling_ae = ?,"
                 " state = ?, reason = CASE WHEN ? THEN NULL ELSE reason END, version = version + ?"
@@ -286,7 +286,7 @@ def record_instance(conn: sqlite3.Connection, rec: InstanceRecord, now: float | 
                     now,
                     now,
                     rec.calling_ae,
-                    SeriesState.RECEIVING.value,
+                    SeriesState.RECEIVING,
                     reopened,
                     1 if reopened else 0,
                     rec.series_instance_uid,
@@ -335,7 +335,7 @@ def series_instances(conn: sqlite3.Connection, series_instance_uid: str) -> list
 
 
 def complete_series(
-    conn: sqlite3.Connection, series_instance_uid: str, version: int, state: str, reason: str | None = None
+    conn: sqlite3.Connection, series_instance_uid: str, version: int, state: SeriesState, reason: str | None = None
 ) -> bool:
     """The assembler's hand-off: ``receiving``/``complete`` at ``version`` -> ``state``.
 
@@ -352,8 +352,8 @@ def complete_series(
                 time.time(),
                 series_instance_uid,
                 version,
-                SeriesState.RECEIVING.value,
-                SeriesState.COMPLETE.value,
+                SeriesState.RECEIVING,
+                SeriesState.COMPLETE,
             ),
         )
         return cur.rowcount == 1
@@ -367,13 +367,13 @@ def claim_queued_series(conn: sqlite3.Connection, now: float | None = None) -> S
         row = conn.execute(
             "SELECT * FROM series WHERE state = ? AND (retry_at IS NULL OR retry_at <= ?)"
             " ORDER BY updated_at, first_received LIMIT 1",
-            (SeriesState.QUEUED.value, now),
+            (SeriesState.QUEUED, now),
         ).fetchone()
         if row is None:
             return None
         conn.execute(
             "UPDATE series SET state = ?, reason = NULL, retry_at = NULL, updated_at = ? WHERE series_instance_uid = ?",
-            (SeriesState.RUNNING.value, time.time(), row["series_instance_uid"]),
+            (SeriesState.RUNNING, time.time(), row["series_instance_uid"]),
         )
         row = conn.execute("SELECT * FROM series WHERE series_instance_uid = ?", (row["series_instance_uid"],)).fetchone()
     return series_from_row(row)
@@ -382,7 +382,7 @@ def claim_queued_series(conn: sqlite3.Connection, now: float | None = None) -> S
 def set_series_state(
     conn: sqlite3.Connection,
     series_instance_uid: str,
-    state: str,
+    state: SeriesState,
     reason: str | None = None,
     version: int | None = None,
 ) -> bool:
@@ -393,7 +393,7 @@ def set_series_state(
     result of a run over its older version must not close the newer one.
     """
     state = SeriesState(state).value
-    guarded = state in (SeriesState.RUNNING.value, SeriesState.DONE.value, SeriesState.FAILED.value)
+    guarded = state in (SeriesState.RUNNING, SeriesState.DONE, SeriesState.FAILED)
     sql = "UPDATE series SET state = ?, reason = ?, updated_at = ? WHERE series_instance_uid = ?"
     args: list = [state, reason, time.time(), series_instance_uid]
     if version is not None:
@@ -401,7 +401,7 @@ def set_series_state(
         args.append(version)
     if guarded:
         sql += " AND state != ?"
-        args.append(SeriesState.RECEIVING.value)
+        args.append(SeriesState.RECEIVING)
     with write_transaction(conn):
         return conn.execute(sql, args).rowcount == 1
 
@@ -414,7 +414,7 @@ def defer_series(conn: sqlite3.Connection, series_instance_uid: str, version: in
         return conn.execute(
             "UPDATE series SET state = ?, reason = ?, retry_at = ?, updated_at = ?"
             " WHERE series_instance_uid = ? AND version = ? AND state = ?",
-            (SeriesState.QUEUED.value, reason, retry_at, time.time(), series_instance_uid, version, SeriesState.RUNNING.value),
+            (SeriesState.QUEUED, reason, retry_at, time.time(), series_instance_uid, version, SeriesState.RUNNING),
         ).rowcount == 1
 
 
@@ -426,7 +426,7 @@ def requeue_failed(conn: sqlite3.Connection, series_instance_uid: str) -> bool:
         return conn.execute(
             "UPDATE series SET state = ?, reason = NULL, retry_at = NULL, updated_at = ?"
             " WHERE series_instance_uid = ? AND (state = ? OR (state = ? AND retry_at IS NOT NULL))",
-            (SeriesState.QUEUED.value, time.time(), series_instance_uid, SeriesState.FAILED.value, SeriesState.QUEUED.value),
+            (SeriesState.QUEUED, time.time(), series_instance_uid, SeriesState.FAILED, SeriesState.QUEUED),
         ).rowcount == 1
 
 
@@ -443,11 +443,11 @@ def requeue_running(conn: sqlite3.Connection) -> int:
         conn.execute("UPDATE series SET retry_at = NULL WHERE retry_at IS NOT NULL")
         n = conn.execute(
             "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
-            (SeriesState.QUEUED.value, now, SeriesState.RUNNING.value),
+            (SeriesState.QUEUED, now, SeriesState.RUNNING),
         ).rowcount
         n += conn.execute(
             "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
-            (SeriesState.RECEIVING.value, now, SeriesState.COMPLETE.value),
+            (SeriesState.RECEIVING, now, SeriesState.COMPLETE),
         ).rowcount
     return n
 
