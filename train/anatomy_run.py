@@ -119,7 +119,7 @@ def _spearman(x, y) -> float:
 
 def measure(predictor, out: Path, limit: int | None, log=print) -> dict:
     from m2unet.preprocessing import series_seed
-    from train.demo import measure_real_ct
+    from train.real_ct import measure_real_ct
     from train.metrics import classification_metrics, segmentation_metrics
 
     result: dict = {}

@@ -8,7 +8,9 @@ The CSV has a header and one row per case::
     patient03.nii.gz,non-severe,patient03_lobes.nii.gz
 
 * ``case`` (or ``image``): a folder holding one DICOM CT series, or a NIfTI file (``.nii``,
-  ``.nii.gz``), relative to the CSV's folder (or the ``root`` given) unless absolute.
+  ``.nii.gz``), relative to the CSV's folder (or the ``root`` given) unless absolute. A series is
+  read by the node's own reader (:func:`read_dicom_series`), so training sees the volumes the node
+  segments.
 * ``label`` (or ``severity``): ``severe`` / ``non-severe``, or the four clinical types of the
   guideline the paper follows, mapped as in Section IV-A: mild and moderate are non-severe, severe
   and critical are severe. Case and spaces do not matter; ``non severe`` and ``non_severe`` are read.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
@@ -34,6 +36,9 @@ from m2unet.labels import NUM_CLASSES
 from m2unet.preprocessing import PreprocessingConfig
 from m2unet.volume import Volume
 from train.prepared import PreparedCase, prepare_case
+
+if TYPE_CHECKING:
+    from dicom_node.series.reconstruct import ReconstructedSeries
 
 SEVERE_LABELS = {"severe": True, "critical": True, "non-severe": False, "mild": False, "moderate": False}
 KNOWN_LABELS = ("severe", "non-severe", "mild", "moderate", "critical")
@@ -131,13 +136,34 @@ def read_label_table(csv_path: str | Path, root: str | Path | None = None) -> li
     return records
 
 
+def read_dicom_series(folder: str | Path) -> ReconstructedSeries:
+    """The CT series in ``folder`` (its DICOM files, subfolders included) as the node reconstructs
+    it (:func:`dicom_node.series.reconstruct.reconstruct_series`), so that training sees the volume
+    inference sees. A missing folder, one without DICOM files, or a series the node would not use
+    (several series, gaps, uneven spacing, ...) is refused with a ``ValueError`` naming the folder."""
+    from dicom_node.pipeline.offline import dicom_files
+    from dicom_node.series.reconstruct import reconstruct_series
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder of DICOM files")
+    try:
+        paths = dicom_files(folder)
+        if not paths:
+            raise ValueError("holds no DICOM file")
+        return reconstruct_series(paths)
+    except (ValueError, OSError) as exc:  # UnusableSeries is a ValueError with the short reason
+        reason = str(getattr(exc, "reason", None) or exc)
+        if "series given" in reason:  # "instances of 2 series given; expected one"
+            reason += "; give one folder per series"
+        raise ValueError(f"{folder}: {reason}") from exc
+
+
 def read_image(path: Path) -> Volume:
     if _is_nifti(path):
         import SimpleITK as sitk
 
         return Volume.from_sitk(sitk.ReadImage(str(path)))
-    from train.dicom_series import read_dicom_series
-
     return read_dicom_series(path).volume
 
 

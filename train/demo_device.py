@@ -5,9 +5,10 @@ On the GPU machine (16 CPU cores beside the card), one command does everything::
     python -m train.demo_device run --out $OUT --minutes 7 --workers 12 \\
         --trainer a='{"patch_size": 128, "bag_size": 32, "bags_per_step": 8}' --trainer b='{}'
 
-* a pool of ``--workers`` processes renders training phantoms (:func:`train.demo.make_demo_phantom`,
-  seeds from 0, two in five severe) and prepares them on the recipe's grid
-  (:func:`train.prepared.prepare_case`) into a cache folder, for as long as training lasts;
+* a pool of ``--workers`` processes renders training phantoms
+  (:func:`train.demo_phantoms.make_demo_phantom`, seeds from 0, two in five severe) and prepares
+  them on the recipe's grid (:func:`train.prepared.prepare_case`) into a cache folder, for as long
+  as training lasts;
 * each ``--trainer NAME=JSON`` is a separate process training the ``gpu-demo`` preset
   (:data:`train.recipe.GPU_DEMO`) with those changes, side by side on the one card; it starts once
   ``--min-cases`` phantoms are ready and takes in the newly rendered ones at every epoch's end;
@@ -33,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 SNAPSHOT_FRACTIONS = (0.55, 0.8)  # and the end of the run
 SNAPSHOT_FORMAT = "m2unet-training-snapshot"
@@ -43,7 +43,7 @@ SNAPSHOT_FORMAT = "m2unet-training-snapshot"
 
 
 def _render(task: tuple[int, str, float | None]) -> str:
-    from train.demo import make_demo_phantom
+    from train.demo_phantoms import make_demo_phantom
     from train.fit import preprocessing_config
     from train.prepared import prepare_case, save_prepared
     from train.recipe import GPU_DEMO
@@ -80,7 +80,7 @@ class CaseFeed:
         return len(fresh)
 
     def description(self) -> str:
-        from train.demo import training_data_description
+        from train.demo_phantoms import training_data_description
 
         return training_data_description(self.cases)
 

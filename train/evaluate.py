@@ -5,7 +5,7 @@ patches of the body box, seeded by the case id, Section IV-C: "we also use the r
 in testing stage"). The lobe map comes from whole slices on the training grid (the network is
 fully convolutional; slices are padded to a multiple of 16 with air). This is the fast scoring used
 for selection and cross-validation; the shipped weights are also measured through the engine's
-predictor on native volumes (``train.demo``).
+predictor on native volumes (``train.measurements``).
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ from m2unet.labels import SegmentationClass
 from m2unet.phantom import make_phantom
 from m2unet.phantom_dicom import write_ct_series, write_nifti
 from m2unet.preprocessing import PreprocessingConfig
-from train.dataset import load_cases, parse_label, read_label_table
-from train.dicom_series import read_dicom_series
+from train.dataset import load_cases, parse_label, read_dicom_series, read_label_table
 from train.prepared import load_prepared, prepare_case, save_prepared
 from train.seg_masks import read_seg_class_map
 
