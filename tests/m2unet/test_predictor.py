@@ -25,9 +25,9 @@ from m2unet.predictor import (
     Prediction,
     Predictor,
     content_seed,
-    onnxruntime_available,
 )
 from m2unet.preprocessing import PreprocessingConfig
+from m2unet.runners import onnxruntime_available
 from m2unet.volume import Volume
 from m2unet.weights import WeightsMetadata, calibrate_batch_norm, load_weights, save_weights
 

@@ -8,7 +8,9 @@ import torch
 
 from m2unet.device import precision_policy
 from m2unet.model import M2UNet
-from m2unet.predictor import InferenceOptions, TorchRunner, fold_batch_norm, plan_slabs, segment_region
+from m2unet.predictor import InferenceOptions
+from m2unet.regions import plan_slabs, segment_region
+from m2unet.runners import TorchRunner, fold_batch_norm
 from m2unet.weights import calibrate_batch_norm
 
 
