@@ -41,6 +41,7 @@ from dicom_node.series.frames import CT_STORAGE_CLASSES
 from dicom_node.ingest.receive import Receiver, Received, StoreStatus
 from dicom_node.ingest.socket_tuning import tune_accepted_socket
 from dicom_node.ingest.uid_syntax import loggable_uid
+from dicom_node.results.sanitize import scrub_text
 
 log = structlog.get_logger()
 
@@ -201,7 +202,7 @@ class StorageSCP:
         try:
             refusal = check_association(self.config_provider(), called_ae, calling_ae, peer)
         except Exception as exc:  # fail closed: an error in the check never lets a peer in
-            log.error("access_check_failed", calling_ae=calling_ae, error=type(exc).__name__)
+            log.error("access_check_failed", calling_ae=calling_ae, error=type(exc).__name__, detail=scrub_text(exc)[:300], exc_info=True)
             refusal = Refusal(RejectReason.NO_REASON_GIVEN, "access_check_failed")
         if refusal is None:
             with self._stats_lock:
@@ -261,7 +262,11 @@ class StorageSCP:
             )
             size = len(dataset)
         except Exception as exc:  # the node never dies on bad input
-            log.error("store_failed", calling_ae=calling_ae, sop_instance_uid=loggable_uid(request.AffectedSOPInstanceUID), error=type(exc).__name__)
+            # the message and traceback may come from the received dataset: its quoted values are redacted
+            log.error(
+                "store_failed", calling_ae=calling_ae, sop_instance_uid=loggable_uid(request.AffectedSOPInstanceUID),
+                error=type(exc).__name__, detail=scrub_text(exc)[:300], exc_info=True,
+            )
             if stats:
                 stats.failed += 1
             return int(StoreStatus.CANNOT_UNDERSTAND)
@@ -301,5 +306,8 @@ class StorageSCP:
             try:
                 self.on_instance(record)
             except Exception as exc:  # the instance is safe on disk; the assembler re-reads the DB on restart
-                log.error("assembler_notify_failed", series_uid=record.series.series_instance_uid, error=type(exc).__name__)
+                log.error(
+                    "assembler_notify_failed", series_uid=record.series.series_instance_uid,
+                    error=type(exc).__name__, detail=scrub_text(exc)[:300], exc_info=True,
+                )
         return int(StoreStatus.SUCCESS)

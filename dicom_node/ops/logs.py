@@ -9,7 +9,9 @@ Patient identity never reaches a log line: as a defence in depth behind the rule
 only", :func:`redact_patient_identity` replaces the value of any key that names a patient's identity
 (``patient_name``, ``PatientID``, ``birth_date``...), any pydicom person name whatever its key,
 and any pydicom dataset passed as a value (replaced by its SOP Instance UID). Quoted values in
-pydicom's and highdicom's value errors ("Invalid value for VR DA: '...'") are replaced too.
+pydicom's and highdicom's value errors ("Invalid value for VR DA: '...'") are replaced too, also
+in the traceback of a logged exception (``log.exception`` / ``exc_info``), which is rendered as
+plain text (no frame's local variables) into ``exception`` before that redaction.
 
 Python ``warnings`` (pydicom's, highdicom's, numpy's...) are logged as ``python_warning`` events
 (``category``, ``message``, ``where``) in the same format, never written raw between the lines.
@@ -177,7 +179,6 @@ def configure_logging(fmt: str = "auto", level: str | int | None = None, stream:
     if chosen == "json":
         renderer: Any = structlog.processors.JSONRenderer(sort_keys=False)
         final = [
-            structlog.processors.format_exc_info,
             structlog.processors.UnicodeDecoder(),
             _lead_with_time_level_event,
         ]
@@ -189,6 +190,9 @@ def configure_logging(fmt: str = "auto", level: str | int | None = None, stream:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # the traceback as plain text (no frame's locals) in ``exception``, before the
+            # redaction: its messages may quote a dataset's values ("Invalid value for VR DA: ...")
+            structlog.processors.format_exc_info,
             redact_patient_identity,
             *final,
             renderer,

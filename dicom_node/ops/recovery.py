@@ -19,6 +19,7 @@ import structlog
 
 from dicom_node.state import db
 from dicom_node.ingest.spool import Spool, content_digest
+from dicom_node.results.sanitize import scrub_text
 
 log = structlog.get_logger()
 
@@ -67,8 +68,8 @@ def reconcile_spool(conn: sqlite3.Connection, spool: Spool) -> int:
                 size=len(raw) - offset,
                 calling_ae=str(ds.file_meta.get("SourceApplicationEntityTitle") or UNKNOWN_AE).strip(),
             )
-        except Exception as exc:
-            log.warning("spool_file_quarantined", file=rel, error=type(exc).__name__)
+        except Exception as exc:  # an unreadable file: pydicom's message may quote its values
+            log.warning("spool_file_quarantined", file=rel, error=type(exc).__name__, detail=scrub_text(exc)[:300], exc_info=True)
             _quarantine(data_dir, path)
             continue
         db.record_instance(conn, record)

@@ -78,7 +78,7 @@ class RetentionWorker:
         try:
             report = apply_retention(self._conn, self.data_dir, settings, stop=self._stop)
         except Exception as exc:  # noqa: BLE001 - a failed pass must never stop the node
-            log.error("retention_pass_failed", error=type(exc).__name__, detail=str(exc)[:300])
+            log.error("retention_pass_failed", error=type(exc).__name__, detail=str(exc)[:300], exc_info=True)
             return None
         self.last_report = report
         log.info(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 
 from dicom_node.config.model import ConfigError, NodeConfig, load_config, resolve_config_path
@@ -34,10 +34,8 @@ def _config(config_path) -> NodeConfig:
 
 def _log_to_stderr() -> None:
     """stdout carries the JSON only: the engine's and our log events go to stderr."""
-    try:
-        from dicom_node.ops.logs import configure_logging
-    except ImportError:
-        return
+    from dicom_node.ops.logs import configure_logging
+
     configure_logging("auto", stream=sys.stderr)
 
 
@@ -84,39 +82,18 @@ def process_series(series_dir, out_dir, config_path=None, weights=None, device=N
 
 
 def _process(paths: list[Path], out_dir: Path, config: NodeConfig, weights, device) -> dict:
-    from dicom_node.series.reconstruct import reconstruct_series
-    from dicom_node.results.analysis import analyse
-    from dicom_node.results.build import build_result_set, write_result_set
-    from dicom_node.results.findings import findings_dict
-    from m2unet.predictor import Predictor
+    from dicom_node.pipeline import process
+    from dicom_node.results.build import write_result_set
 
-    timings = {}
+    # --weights / --device over [model]; the weights are loaded once the series is read
+    model = replace(config.model, weights=weights or config.model.weights, device=device or config.model.device)
+    processed = process.process_series(paths, None, replace(config, model=model))
     t = time.perf_counter()
-    reconstructed = reconstruct_series(paths)
-    timings["reconstruct"] = time.perf_counter() - t
-    t = time.perf_counter()
-    predictor = Predictor.from_weights(weights if weights else config.model.weights, device or config.model.device)
-    predictor.require_variant(lobes=True, severity=True)
-    timings["load_weights"] = time.perf_counter() - t
-    analysis = analyse(reconstructed, predictor)
-    timings.update(analysis.timings)
-    t = time.perf_counter()
-    result_set = build_result_set(
-        analysis.source,
-        analysis.hu,
-        analysis.lobe_map,
-        analysis.findings,
-        version=1,
-        ae_title=config.node.ae_title,
-        created=datetime.now().replace(microsecond=0),
-        summary_image=config.results.summary_image,
-    )
-    written = write_result_set(result_set, out_dir)
-    timings["results"] = time.perf_counter() - t
-    from dicom_node.pipeline.worker import with_exclusions
-
-    summary = with_exclusions(findings_dict(analysis.findings), reconstructed)
-    summary["series_instance_uid"] = analysis.source.series_instance_uid
+    written = write_result_set(processed.result_set, out_dir)
+    timings = dict(processed.timings)
+    timings["results"] = timings.pop("build") + time.perf_counter() - t
+    summary = processed.findings_json()
+    summary["series_instance_uid"] = processed.analysis.source.series_instance_uid
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
     summary["files"] = {kind.name.lower(): str(path) for kind, path in written.items()}
     return summary

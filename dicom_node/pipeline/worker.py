@@ -8,11 +8,12 @@ and runs the job:
 
 1. ``jobs`` row: the time this series version was first started (the creation time stamped on
    every object, so a re-run rebuilds identical bytes);
-2. ``reconstruct_series`` (ingest) on the series' spool files; an unusable series -> ``failed``
-   with ingest's reason;
-3. ``analyse`` (predictor and quantification), ``build_result_set`` (SEG, SR, summary if
-   ``[results] summary_image``), written to ``data_dir/results/<study>/<series>/v<version>/``
-   with ``findings.json``;
+2. :func:`dicom_node.pipeline.process.process_series` on the series' spool files (the steps
+   ``m2unet-node process`` runs too): ``reconstruct_series`` (an unusable series -> ``failed``
+   with reconstruction's reason), the predictor, quantification and quality check, and
+   ``build_result_set`` (SEG, SR, summary if ``[results] summary_image``);
+3. the objects written to ``data_dir/results/<study>/<series>/v<version>/`` with
+   ``findings.json``;
 4. if the series is still this version and ``running`` (a late instance re-opens it: ingest
    bumps ``version`` and the newer version will be processed instead), the objects are queued in
    the outbox for every destination of ``live_config.current`` (none: they stay in the folder),
@@ -27,9 +28,9 @@ series goes back to ``queued`` with a retry time (``db.defer_series``) after
 results, retry in 60 s (attempt 1)") and ``job_waiting`` is logged. A restart retries at once;
 ``m2unet-node retry`` too. The job then runs from step 1 and builds the same objects.
 
-Restarts: a series left ``running`` by a dead process is put back to ``queued`` by ingest's
-``requeue_running`` at start-up; the job runs again from step 1 and yields the same objects (same
-UIDs, same bytes), and the outbox ignores what it already holds, so nothing is delivered twice.
+Restarts: a series left ``running`` by a dead process is put back to ``queued`` by
+``db.requeue_running`` at start-up (:mod:`dicom_node.node`); the job runs again from step 1 and
+yields the same objects (same UIDs, same bytes), and the outbox ignores what it already holds, so nothing is delivered twice.
 A re-sent series (new ``version``) yields a new result set with new UIDs and higher series
 numbers (``results.uids``).
 """
@@ -48,11 +49,10 @@ import structlog
 from dicom_node.state import db
 
 from dicom_node.delivery import outbox
+from dicom_node.pipeline.process import load_predictor, process_series
 from dicom_node.pipeline.resource_errors import transient_resource_error
-from dicom_node.results.analysis import analyse
 from dicom_node.durable import atomic_write
-from dicom_node.results.build import build_result_set, write_result_set
-from dicom_node.results.findings import findings_dict
+from dicom_node.results.build import write_result_set
 from dicom_node.results.records import record_result, result_folder
 from dicom_node.state.results import job_attempts, start_job
 from dicom_node.results.sanitize import scrub_text
@@ -66,24 +66,21 @@ RESOURCE_RETRY_INITIAL_S = 60.0  # first wait after a transient resource error; 
 RESOURCE_RETRY_MAX_S = 900.0
 
 
-def load_predictor(config):
-    """The predictor of ``[model]`` (``weights``, ``device``, and ``bags`` when the config has
-    that key; else the engine's default number of bags); raises ``ValueError`` when the weights
-    are unusable or lack the lobes or the severity."""
-    from m2unet.predictor import Predictor
-
-    bags = getattr(config.model, "bags", None)  # [model] bags, once the config has it
-    options = {"bags": int(bags)} if bags else {}
-    predictor = Predictor.from_weights(config.model.weights, config.model.device, **options)
-    predictor.require_variant(lobes=True, severity=True)
-    return predictor
+# process_series' steps as a wait's reason names them ("... while building results")
+_STAGE_OF_STEP = {"read": "reading the series", "analyse": "analysing the series", "build": "building results"}
 
 
 @dataclass
 class _Stage:
-    """Where the job is, for the reason of a wait ("while writing results")."""
+    """Where the job is, for the reason of a wait ("while writing results"), and the series once
+    it is read (whose patient and study values a failure's reason must not carry)."""
 
     name: str = "starting the job"
+    reconstructed: object = None
+
+    def step(self, step: str, reconstructed) -> None:  # process_series' on_step
+        self.name = _STAGE_OF_STEP[step]
+        self.reconstructed = reconstructed
 
 
 def run_job(conn, record: db.SeriesRecord, predictor, config) -> str:
@@ -120,48 +117,31 @@ def _wait(conn, record: db.SeriesRecord, bound, what: str, stage: str) -> str:
 
 
 def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _Stage) -> str:
-    from dicom_node.series.reconstruct import reconstruct_series
-
     uid, version = record.series_instance_uid, record.version
     started = time.perf_counter()
     # whole seconds: the same value whatever float rounding the database applies; local time, as DICOM dates are
     created = datetime.fromtimestamp(int(start_job(conn, uid, version)))
     paths = db.series_instance_paths(conn, uid)
     bound.info("job_started", instances=len(paths))
-    stage.name = "reading the series"
     try:
-        reconstructed = reconstruct_series(paths)
-    except ValueError as exc:
-        if transient_resource_error(exc):  # a file that could not be opened for want of descriptors...
-            raise
-        reason = getattr(exc, "reason", None) or str(exc)
-        db.set_series_state(conn, uid, db.SeriesState.FAILED, reason=reason, version=version)
-        bound.warning("job_failed", reason=reason)
-        return "failed"
-    try:
-        stage.name = "analysing the series"
-        analysis = analyse(reconstructed, predictor)
-        stage.name = "building results"
-        result_set = build_result_set(
-            analysis.source,
-            analysis.hu,
-            analysis.lobe_map,
-            analysis.findings,
-            version=version,
-            ae_title=config.node.ae_title,
-            created=created,
-            summary_image=config.results.summary_image,
-        )
+        processed = process_series(paths, predictor, config, version=version, created=created, on_step=stage.step)
         stage.name = "writing results"
         folder = result_folder(config.node.data_dir, record.study_instance_uid, uid, version)
-        written = write_result_set(result_set, folder)
-        write_json(folder / "findings.json", with_exclusions(findings_dict(analysis.findings), reconstructed))
-    except Exception as exc:  # the model or a builder failed: the series fails, the node goes on
-        if transient_resource_error(exc):  # ...unless the disk or memory ran out: wait and retry
+        written = write_result_set(processed.result_set, folder)
+        write_json(folder / "findings.json", processed.findings_json())
+    except Exception as exc:  # the series is unusable, or the model or a builder failed: the series fails, the node goes on
+        if transient_resource_error(exc):  # ...unless the disk, descriptors or memory ran out: wait and retry
             raise
+        if stage.reconstructed is None:  # reconstruction refused the series (anything else: a crash)
+            if not isinstance(exc, ValueError):
+                raise
+            reason = getattr(exc, "reason", None) or str(exc)
+            db.set_series_state(conn, uid, db.SeriesState.FAILED, reason=reason, version=version)
+            bound.warning("job_failed", reason=reason)
+            return "failed"
         # no patient/study value in status, the database or the log (the traceback is left out:
         # its frames may hold such values)
-        reason = scrub_text(f"{type(exc).__name__}: {exc}", reconstructed.datasets)[:500]
+        reason = scrub_text(f"{type(exc).__name__}: {exc}", stage.reconstructed.datasets)[:500]
         db.set_series_state(conn, uid, db.SeriesState.FAILED, reason=reason, version=version)
         bound.error("job_failed", reason=reason, where=_failed_where(exc))
         return "failed"
@@ -170,6 +150,7 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
         bound.info("job_stale", current_version=getattr(current, "version", None), state=getattr(current, "state", None))
         return "stale"
     stage.name = "queueing results for delivery"
+    result_set, findings, reconstructed = processed.result_set, processed.findings, processed.reconstructed
     destinations = [d.name for d in config.destinations]
     objects = [
         outbox.OutboxObject(
@@ -192,17 +173,17 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
         sr_sop_instance_uid=str(result_set.sr.SOPInstanceUID),
         summary_sop_instance_uid=str(result_set.summary.SOPInstanceUID) if result_set.summary is not None else None,
         destinations=len(destinations),
-        severity=analysis.findings.severity,
-        probability_severe=analysis.findings.probability_severe,
-        qc=analysis.findings.qc,
+        severity=findings.severity,
+        probability_severe=findings.probability_severe,
+        qc=findings.qc,
     )
     # what was left out stays visible in status ("1 instance excluded: other image size 128x128")
     note = reconstructed.exclusion_note()
     db.set_series_state(conn, uid, db.SeriesState.DONE, reason=note, version=version)
-    qc = analysis.findings.qc
+    qc = findings.qc
     bound.info(
         "job_done",
-        severity=analysis.findings.severity,
+        severity=findings.severity,
         qc_passed=None if qc is None else qc.passed,
         qc_failed=[] if qc is None else [c.name for c in qc.failed],  # check names only, never details
         objects=len(objects),
@@ -210,19 +191,10 @@ def _run_job(conn, record: db.SeriesRecord, predictor, config, bound, stage: _St
         destinations=len(destinations),
         seg_sop_instance_uid=str(result_set.seg.SOPInstanceUID),
         seconds=round(time.perf_counter() - started, 2),
-        predict_seconds=round(analysis.timings["predict"], 2),
+        predict_seconds=round(processed.timings["predict"], 2),
         **({} if destinations else {"kept_in": str(folder)}),
     )
     return "done"
-
-
-def with_exclusions(findings: dict, reconstructed) -> dict:
-    """``findings["excluded_instances"] = {"count", "of", "reasons", "details"}`` when reconstruction
-    left images out (duplicates aside)."""
-    summary = reconstructed.exclusion_summary()
-    if summary is not None:
-        findings["excluded_instances"] = summary
-    return findings
 
 
 def _failed_where(exc: BaseException) -> str:

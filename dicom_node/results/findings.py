@@ -105,7 +105,8 @@ def lobe_key(lobe: Lobe) -> str:
 
 
 def findings_dict(findings: Findings) -> dict:
-    """The findings as the JSON of INTERFACES.md (``process`` output, ``findings.json``); ``qc``
+    """The findings as JSON (what ``m2unet-node process`` prints, see :mod:`dicom_node.pipeline.offline`,
+    and ``findings.json`` beside each result set); ``qc``
     is ``{"passed", "checks": [{"name", "passed", "detail"}, ...]}`` (null when not checked)."""
     return {
         "severity": findings.severity,

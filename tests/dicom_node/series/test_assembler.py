@@ -8,11 +8,13 @@ import pytest
 
 from dicom_node.state import db
 from dicom_node.series.assembler import Assembler
+from dicom_node.series.selection import select_frames
 from dicom_node.config.model import NodeConfig, NodeSettings, Source
 from dicom_node.ingest.receive import Receiver
 from dicom_node.ingest.spool import Spool
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.node_process import receive_file
+from tests.support.polling import wait_until
 
 
 class Setup:
@@ -39,13 +41,14 @@ class Setup:
         return record.series.series_instance_uid
 
     def wait(self, uid, states, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def reached():
             s = db.get_series(self.conn, uid)
-            if s is not None and s.state in states:
-                return s
-            time.sleep(0.02)
-        raise TimeoutError(db.get_series(self.conn, uid))
+            return s if s is not None and s.state in states else None
+
+        s = wait_until(reached, timeout=timeout, step=0.02)
+        if s is None:
+            raise TimeoutError(db.get_series(self.conn, uid))
+        return s
 
     def close(self):
         if self.assembler is not None:
@@ -103,3 +106,38 @@ def test_timers_resume_after_a_restart(setup, tmp_path):
     assert db.get_series(setup.conn, uid).state == "receiving"
     setup.start_assembler()
     assert setup.wait(uid, ("queued",)).instances == 8
+
+
+def test_a_series_whose_completion_keeps_failing_is_failed_after_a_bounded_number_of_tries(setup, tmp_path, monkeypatch):
+    """A series selection cannot handle (here: its header check raises, quoting a value) is tried
+    ``MAX_COMPLETION_FAILURES`` times, then marked failed with the reason, logged once, and left
+    alone; a late instance re-opens it as usual."""
+    from structlog.testing import capture_logs
+
+    from dicom_node.series import assembler
+
+    def broken(frames):
+        raise ValueError("Invalid value for VR DA: '19011231'")
+
+    monkeypatch.setattr(assembler, "COMPLETION_RETRY_S", 0.05)
+    monkeypatch.setattr(assembler, "select_frames", broken)
+    setup.start_assembler()
+    files = write_ct_series(tmp_path / "a", phantom_hu(10, 8))
+    with capture_logs() as logs:
+        uid = setup.send(files[:9])
+        record = setup.wait(uid, ("failed",))
+        time.sleep(20 * assembler.COMPLETION_RETRY_S)  # long enough for further retries, were there any
+    assert assembler.MAX_COMPLETION_FAILURES == 3
+    assert record.reason == "completion failed 3 times: ValueError: Invalid value for VR DA: '[redacted]'"
+    assert (record.version, record.instances) == (1, 9)
+    failures = [e for e in logs if e["event"] == "series_completion_failed"]
+    assert [e["attempt"] for e in failures] == [1, 2, 3]
+    assert all(e["error"] == "ValueError" and e["exc_info"] and "19011231" not in e["detail"] for e in failures)
+    [abandoned] = [e for e in logs if e["event"] == "series_completion_abandoned"]
+    assert (abandoned["series_uid"], abandoned["version"], abandoned["failures"]) == (uid, 1, 3)
+    assert db.get_series(setup.conn, uid).state == "failed"
+
+    monkeypatch.setattr(assembler, "select_frames", select_frames)
+    setup.send(files[9:])  # a late instance re-opens the series: a new version, completed as usual
+    record = setup.wait(uid, ("queued",))
+    assert (record.version, record.instances, record.reason) == (2, 10, None)
