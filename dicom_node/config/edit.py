@@ -30,16 +30,14 @@ import tomlkit
 
 from dicom_node.durable import atomic_write
 from dicom_node.config.model import NodeConfig, parse_config, read_config_text, resolve_path
-from dicom_node.config.validation import (
-    MISSING,
-    Problem,
+from dicom_node.config.keys import (
     ae_title_problem,
     destination_name_problem,
     host_problem,
     port_argument_problem,
     port_problem,
-    validate_config,
 )
+from dicom_node.config.validation import MISSING, Problem, validate_config
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*(\]\]?)\s*(#.*)?$")
 

@@ -1,27 +1,21 @@
 """Validation of the whole config document: one :class:`Problem` (key, value, why) per bad value.
 
 Pure checks over the parsed TOML (a ``dict``), run before anything is parsed into the
-dataclasses of :mod:`dicom_node.config.model`. Every table and key the node knows is listed in
-:data:`SCHEMA`; anything else is reported as unknown, with the closest known key when there is
-one (typo protection: ``serie_timeout`` must not silently fall back to the default).
+dataclasses of :mod:`dicom_node.config.model`. Every table and key the node knows, and the check
+of each value, is in :data:`dicom_node.config.keys.TABLES`; anything else is reported as unknown,
+with the closest known key when there is one (typo protection: ``serie_timeout`` must not
+silently fall back to the default). Here: the walk over the document and the checks across keys.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-AE_TITLE_MAX = 16
-LOG_FORMATS = ("auto", "console", "json")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_DEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from dicom_node.config.keys import PATH, TABLES, Check, resolve_path
 
 
 class _Missing:
@@ -59,189 +53,15 @@ class Problem:
         return f"{self.key} = {show_value(self.value)}: {self.reason}"
 
 
-# --- single values -------------------------------------------------------------------------------
+_DESTINATION_TLS_KEYS = tuple(k for k in TABLES["destinations"].keys if k.startswith("tls_"))
 
 
-def ae_title_problem(value: Any) -> str | None:
-    """Why ``value`` is not a usable AE title (DICOM PS3.5 AE VR), or None."""
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    if not value:
-        return "must not be empty"
-    if len(value) > AE_TITLE_MAX:
-        return f"must be at most {AE_TITLE_MAX} characters (has {len(value)})"
-    if not value.strip(" "):
-        return "must not be all spaces"
-    if "\\" in value:
-        return "must not contain a backslash"
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "must not contain control characters"
-    if not value.isascii():
-        return "must use ASCII characters only"
-    return None
+def _path_keys(table: str) -> tuple[str, ...]:
+    return tuple(k.name for k in TABLES[table].keys.values() if k.kind is PATH)
 
 
-def host_problem(value: Any) -> str | None:
-    """Why ``value`` is neither an IP address nor a host name (RFC 1123), or None."""
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    if not value:
-        return "must not be empty"
-    try:
-        ipaddress.ip_address(value)
-        return None
-    except ValueError:
-        pass
-    name = value[:-1] if value.endswith(".") else value
-    labels = name.split(".")
-    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
-        return "must be an IP address or a host name (letters, digits, hyphens, dots)"
-    if labels[-1].isdigit():
-        return "is not a valid IP address"
-    return None
-
-
-def port_problem(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"must be an integer, not {_type_name(value)}"
-    if not 1 <= value <= 65535:
-        return "must be between 1 and 65535"
-    return None
-
-
-def port_argument_problem(text: str) -> tuple[int | None, str | None]:
-    """A port typed on the command line: ``(port, None)`` or ``(None, why)``."""
-    try:
-        port = int(text.strip())
-    except ValueError:
-        return None, "must be an integer between 1 and 65535"
-    return port, port_problem(port)
-
-
-def destination_name_problem(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    if not _DEST_NAME.match(value):
-        return "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
-    return None
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) else f"must be a string, not {_type_name(value)}"
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else f"must be true or false, not {_type_name(value)}"
-
-
-def _positive_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number of seconds, not {_type_name(value)}"
-    if not value > 0 or value != value or value == float("inf"):
-        return "must be a number greater than 0"
-    return None
-
-
-RETENTION_MAX_DAYS = 36500  # 100 years: anything longer is a typo (0 already means forever)
-RETENTION_MIN_INTERVAL = 60.0  # seconds; a pass reads the series and outbox tables
-
-
-def _retention_days(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number of days (0: keep forever), not {_type_name(value)}"
-    if value != value or value in (float("inf"), float("-inf")):
-        return "must be a finite number of days (0: keep forever)"
-    if value < 0:
-        return "must not be negative (a number of days; 0: keep forever)"
-    if value > RETENTION_MAX_DAYS:
-        return f"must be at most {RETENTION_MAX_DAYS} days (use 0 to keep forever)"
-    return None
-
-
-def _retention_interval(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number of seconds, not {_type_name(value)}"
-    if value != value or value == float("inf"):
-        return "must be a finite number of seconds"
-    if value < RETENTION_MIN_INTERVAL:
-        return f"must be at least {RETENTION_MIN_INTERVAL:g} seconds (each pass reads the whole job database)"
-    return None
-
-
-def _nonempty_string(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    return None if value.strip() else "must not be empty"
-
-
-def _device(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    return None if _DEVICE.match(value) else "must be auto, cpu, cuda or cuda:N (N = GPU index)"
-
-
-def _log_format(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_type_name(value)}"
-    return None if value in LOG_FORMATS else f"must be one of {', '.join(LOG_FORMATS)}"
-
-
-Check = Callable[[Any], "str | None"]
-
-# table -> key -> check. ``sources`` and ``destinations`` are arrays of tables.
-SCHEMA: dict[str, dict[str, Check]] = {
-    "node": {
-        "ae_title": ae_title_problem,
-        "host": host_problem,
-        "port": port_problem,
-        "data_dir": _nonempty_string,
-        "series_timeout": _positive_number,
-        "reject_unknown_sources": _boolean,
-        "accept_other_storage": _boolean,
-        "log_format": _log_format,
-    },
-    "model": {"weights": _nonempty_string, "device": _device},
-    "tls": {
-        "enabled": _boolean,
-        "certificate": _nonempty_string,
-        "private_key": _nonempty_string,
-        "ca_certificates": _nonempty_string,
-        "require_client_certificate": _boolean,
-    },
-    "results": {"summary_image": _boolean},
-    "sender": {"retry_initial": _positive_number, "retry_max": _positive_number},
-    "retention": {
-        "received_days": _retention_days,
-        "results_days": _retention_days,
-        "check_interval": _retention_interval,
-    },
-    "sources": {"ae_title": ae_title_problem, "host": host_problem, "series_timeout": _positive_number},
-    "destinations": {
-        "name": destination_name_problem,
-        "ae_title": ae_title_problem,
-        "host": host_problem,
-        "port": port_problem,
-        "tls": _boolean,
-        "tls_ca_certificates": _nonempty_string,
-        "tls_certificate": _nonempty_string,
-        "tls_private_key": _nonempty_string,
-        "tls_verify_hostname": _boolean,
-    },
-}
-DESTINATION_TLS_KEYS = ("tls_ca_certificates", "tls_certificate", "tls_private_key", "tls_verify_hostname")
-ARRAY_TABLES = ("sources", "destinations")
-REQUIRED = {"sources": ("ae_title",), "destinations": ("name", "ae_title", "host", "port")}
+def _default(table: str, key: str) -> Any:
+    return TABLES[table].default(key)
 
 
 def _unknown(key: str, value: Any, known: list[str]) -> Problem:
@@ -265,8 +85,6 @@ def _check_table(prefix: str, table: dict, checks: dict[str, Check]) -> list[Pro
 
 
 def _resolve(value: str, config_dir: Path | None) -> Path:
-    from dicom_node.config.model import resolve_path
-
     return resolve_path(value, config_dir if config_dir is not None else Path.cwd())
 
 
@@ -292,11 +110,12 @@ def validate_config(doc: dict, config_dir: Path | None = None, *, serving: bool 
     """
     problems: list[Problem] = []
     for table_name, table in doc.items():
-        if table_name not in SCHEMA:
-            problems.append(_unknown(table_name, table, list(SCHEMA)))
+        if table_name not in TABLES:
+            problems.append(_unknown(table_name, table, list(TABLES)))
             continue
-        checks = SCHEMA[table_name]
-        if table_name in ARRAY_TABLES:
+        known = TABLES[table_name]
+        checks = {key.name: key.check for key in known.keys.values()}
+        if known.array:
             if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
                 problems.append(Problem(table_name, table, f"must be an array of tables ([[{table_name}]])"))
                 continue
@@ -305,7 +124,7 @@ def validate_config(doc: dict, config_dir: Path | None = None, *, serving: bool 
                 problems += _check_table(prefix, entry, checks)
                 problems += [
                     Problem(f"{prefix}.{key}", MISSING, "required")
-                    for key in REQUIRED[table_name]
+                    for key in known.required
                     if key not in entry
                 ]
         elif not isinstance(table, dict):
@@ -330,7 +149,8 @@ def _required_tables(doc: dict) -> list[Problem]:
     if node is MISSING:
         problems.append(Problem("node", MISSING, "required: the [node] table (ae_title, port, data_dir, ...)"))
     sources = doc.get("sources", [])
-    reject = node.get("reject_unknown_sources", True) if isinstance(node, dict) else True
+    default = _default("node", "reject_unknown_sources")
+    reject = node.get("reject_unknown_sources", default) if isinstance(node, dict) else default
     if reject is True and isinstance(sources, list) and not sources:
         problems.append(
             Problem(
@@ -365,9 +185,14 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
             seen_names[dest["name"]] = i
 
     sender = doc.get("sender", {})
-    initial, cap = sender.get("retry_initial", 5.0), sender.get("retry_max", 300.0)
+    initial = sender.get("retry_initial", _default("sender", "retry_initial"))
+    cap = sender.get("retry_max", _default("sender", "retry_max"))
     if cap < initial:
         problems.append(Problem("sender.retry_max", cap, f"must not be less than sender.retry_initial ({initial})"))
+
+    pipeline = doc.get("pipeline", {})
+    if pipeline.get("executor", _default("pipeline", "executor")) == "celery" and not pipeline.get("broker_url"):
+        problems.append(Problem("pipeline.broker_url", MISSING, 'required when pipeline.executor = "celery"'))
 
     node = doc.get("node", {})
     if "data_dir" in node:
@@ -382,9 +207,9 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
             problems.append(problem)
 
     tls = doc.get("tls", {})
-    if tls.get("enabled", False):
+    if tls.get("enabled", _default("tls", "enabled")):
         needed = ["certificate", "private_key"]
-        if tls.get("require_client_certificate", True):
+        if tls.get("require_client_certificate", _default("tls", "require_client_certificate")):
             needed.append("ca_certificates")
         for key in needed:
             if key not in tls:
@@ -392,7 +217,7 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
                 if key == "ca_certificates":
                     why += " and require_client_certificate = true (client certificates are verified against it)"
                 problems.append(Problem(f"tls.{key}", MISSING, why))
-        for key in ("certificate", "private_key", "ca_certificates"):
+        for key in _path_keys("tls"):
             if key in tls:
                 problem = _file_problem(f"tls.{key}", tls[key], config_dir)
                 if problem:
@@ -410,8 +235,8 @@ def _destination_tls_problems(doc: dict, config_dir: Path | None) -> list[Proble
     reported_defaults: set[str] = set()
     for i, dest in enumerate(doc.get("destinations", [])):
         prefix = f"destinations[{i}]"
-        if not dest.get("tls", False):
-            for key in DESTINATION_TLS_KEYS:
+        if not dest.get("tls", _default("destinations", "tls")):
+            for key in _DESTINATION_TLS_KEYS:
                 if key in dest:
                     problems.append(
                         Problem(
@@ -422,7 +247,7 @@ def _destination_tls_problems(doc: dict, config_dir: Path | None) -> list[Proble
                         )
                     )
             continue
-        for key in ("tls_ca_certificates", "tls_certificate", "tls_private_key"):
+        for key in _path_keys("destinations"):
             if key in dest:
                 problem = _file_problem(f"{prefix}.{key}", dest[key], config_dir)
                 if problem:
@@ -431,7 +256,7 @@ def _destination_tls_problems(doc: dict, config_dir: Path | None) -> list[Proble
         if has_cert != has_key:
             missing, given = ("tls_private_key", "tls_certificate") if has_cert else ("tls_certificate", "tls_private_key")
             problems.append(Problem(f"{prefix}.{missing}", MISSING, f"required with {prefix}.{given} (mutual TLS needs both)"))
-        if tls.get("enabled", False):
+        if tls.get("enabled", _default("tls", "enabled")):
             continue  # the [tls] files it may fall back on were checked with [tls]
         defaults = []
         if "tls_ca_certificates" not in dest and "ca_certificates" in tls:

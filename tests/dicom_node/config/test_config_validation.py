@@ -245,3 +245,15 @@ def test_load_config_reports_toml_syntax_and_unreadable_files(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_shipped_config_documents_every_key_with_its_default():
+    from dicom_node.config.keys import documentation_problems
+
+    shipped = (REPO / "config" / "node.toml").read_text()
+    assert documentation_problems(shipped) == []
+    # a key the file stops documenting, and a documented line naming no key, are both reported
+    without = shipped.replace("# visibility_timeout = 3600", "")
+    assert any(p.startswith("pipeline.visibility_timeout") for p in documentation_problems(without))
+    typo = shipped.replace("# queue = \"m2unet\"", "# queues = \"m2unet\"")
+    assert any("queues" in p for p in documentation_problems(typo))
