@@ -166,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--dry-run", action="store_true", help="delete nothing; list what the pass would delete")
     purge.add_argument("--json", action="store_true", help="machine-readable output")
 
+    worker = sub.add_parser(
+        "worker",
+        parents=common,
+        help='a pipeline worker for [pipeline] executor = "celery", in the foreground',
+        description="Serve [pipeline] queue of the broker: load the weights once, then run each published "
+        "series (read from data_dir, results written there for the node to deliver). One worker per GPU. "
+        "SIGTERM finishes the job in hand and exits 0.",
+    )
+    worker.add_argument("--device", help="cpu | cuda | cuda:N (default: [model] device)")
+    worker.add_argument("--name", help="worker name in status (default: host-device-pid)")
+
     demo = sub.add_parser("send-demo", parents=common, help="generate a synthetic chest CT and C-STORE it to a node")
     demo.add_argument("--host", default=None, help="node address (default: from the config, else 127.0.0.1)")
     demo.add_argument("--port", type=int, default=None, help="node port (default: [node] port)")
@@ -221,6 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         from dicom_node.ops.purge import run_purge
 
         return run_purge(args.config, dry_run=args.dry_run, as_json=args.json)
+    if cmd == "worker":
+        from dicom_node.config.model import ConfigError, load_config
+        from dicom_node.ops.logs import configure_logging
+        from dicom_node.pipeline.celery_executor import run_worker
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"m2unet-node worker: {exc}", file=sys.stderr)
+            return 2
+        configure_logging(config.node.log_format)
+        return run_worker(config, device=args.device, name=args.name)
     if cmd == "send-demo":
         from dicom_node.ops.demo import send_demo
 

@@ -57,7 +57,9 @@ class Node:
         config: NodeConfig = live_config.current
         self.data_dir = config.node.data_dir
         self.conn = db.connect(self.data_dir)
-        requeued = db.requeue_running(self.conn)
+        celery = config.pipeline.executor == "celery"
+        # local: a job running when the process died runs again; celery: the workers own running jobs
+        requeued = 0 if celery else db.requeue_running(self.conn)
         self.spool = Spool(self.data_dir)
         swept = self.spool.sweep()
         swept_results = sweep_temporary(results_dir(self.data_dir)) + sweep_temporary(self.data_dir / OUTBOX_DIR)
@@ -88,7 +90,12 @@ class Node:
             on_instance=self._instance_arrived,
             ssl_context=ssl_context,
         )
-        self.pipeline = PipelineWorker(live_config)
+        if celery:
+            from dicom_node.pipeline.celery_executor import Dispatcher
+
+            self.pipeline = Dispatcher(live_config)
+        else:
+            self.pipeline = PipelineWorker(live_config)
         self.sender = Sender(live_config)
         self.retention = RetentionWorker(live_config)
 
@@ -117,7 +124,7 @@ class Node:
             try:
                 stop()
             except Exception as exc:
-                log.error("stop_failed", part=name, error=type(exc).__name__)
+                log.error("stop_failed", part=name, error=type(exc).__name__, detail=str(exc)[:300], exc_info=True)
         self.conn.close()
 
 

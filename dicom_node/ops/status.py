@@ -17,8 +17,9 @@ re-opened by later instances and holds only those); ``disk`` is ``used_bytes`` u
 ``check_interval`` seconds), ``purged_series`` (series whose current version's instances were
 deleted), ``purged_result_sets`` and ``last_pass`` (the node's last pass: ``finished_at`` and its
 counts; null before the first). ``deliveries`` is the
-results' ``delivery_summary`` (pending, failed, delivered, orphaned and the items not yet
-delivered) when the results part is installed, plus ``not_configured``: ``{destination: objects}``
+outbox's ``delivery_summary`` (:mod:`dicom_node.delivery.outbox`: pending, failed, delivered,
+orphaned and the items not yet delivered; ``{"error"}`` when the database cannot be read), plus
+``not_configured``: ``{destination: objects}``
 for items waiting (pending or orphaned) for a destination that is not in the config read by
 ``status`` (orphaned: the sender saw it removed; pending: the sender has not run since). Only UIDs,
 AE titles and counts: never patient data.
@@ -29,12 +30,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from datetime import datetime, timezone
 
 from dicom_node.state import db
 from dicom_node.config.model import ConfigError, RetentionSettings, load_config
 from dicom_node.delivery.outbox import PENDING, WAITING, delivery_summary
 from dicom_node.ops.disk_use import disk_use
+from dicom_node.state import tasks as task_table
 from dicom_node.state.retention import last_pass
 from dicom_node.state.results import purged_result_sets, qc_verdicts
 
@@ -129,7 +132,7 @@ def collect_status(
     ]
     data_dir = conn.data_dir
     purged = purged_result_sets(conn)  # result sets retention removed: not kept any more
-    return {
+    out = {
         "data_dir": str(data_dir),
         "counts": db.state_counts(conn),
         "series": series,
@@ -137,6 +140,30 @@ def collect_status(
         "disk": disk_use(data_dir),
         "retention": _retention(conn, retention, purged),
     }
+    workers = task_table.workers(conn)
+    counts = task_table.task_counts(conn)
+    if workers or any(counts.values()):  # the Celery executor ran: its workers and tasks
+        out["workers"] = [
+            {**w, "started_at": _iso(w["started_at"]), "last_seen": _iso(w["last_seen"]),
+             "seconds_since_seen": round(max(0.0, time.time() - w["last_seen"]), 1)}
+            for w in workers
+        ]
+        out["tasks"] = counts
+    return out
+
+
+def _worker_lines(status: dict) -> list[str]:
+    if "workers" not in status:
+        return []
+    t = status["tasks"]
+    lines = [f"tasks: {t['queued']} queued, {t['running']} running, {t['retried']} retried, {t['finished']} finished"]
+    for w in status["workers"]:
+        doing = f", running {w['current_series']}" if w.get("current_series") else ""
+        lines.append(
+            f"worker {w['name']} ({w['device']}): last seen {w['seconds_since_seen']:g} s ago, "
+            f"{w['tasks_done']} tasks done{doing}"
+        )
+    return lines
 
 
 def _disk_line(disk: dict) -> str:
@@ -191,6 +218,7 @@ def format_status(status: dict) -> str:
         lines.append(_disk_line(status["disk"]))
     if status.get("retention"):
         lines += _retention_lines(status["retention"])
+    lines += _worker_lines(status)
     lines.append("series: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if status["series"]:
         lines.append("")

@@ -6,7 +6,9 @@ The tables by owner (the modules of :mod:`dicom_node.state` that read and write 
 - ``jobs``, ``results`` (:mod:`dicom_node.state.results`): pipeline runs and the result sets written;
 - ``outbox`` (:mod:`dicom_node.state.outbox`): every result object to deliver, per destination;
 - ``purged_results``, ``retention_last_pass`` (:mod:`dicom_node.state.retention`): what retention
-  removed, and its last pass.
+  removed, and its last pass;
+- ``tasks``, ``workers`` (:mod:`dicom_node.state.tasks`): with ``[pipeline] executor = "celery"``,
+  the jobs published to the broker and the workers seen.
 
 A database made by an older release gets the columns added since (:data:`ADDED_COLUMNS`) by
 ``ALTER TABLE``, inside the same write transaction, so concurrent connects add nothing twice.
@@ -101,6 +103,28 @@ CREATE TABLE IF NOT EXISTS retention_last_pass (
     bytes_freed INTEGER NOT NULL,
     held_series INTEGER NOT NULL,
     seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    series_instance_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    published_at REAL NOT NULL,
+    publications INTEGER NOT NULL DEFAULT 1,
+    started_at REAL,
+    worker TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL,
+    outcome TEXT,
+    PRIMARY KEY (series_instance_uid, version)
+);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    tasks_done INTEGER NOT NULL DEFAULT 0,
+    current_series TEXT
 );
 """
 

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import tomllib
 import urllib.request
 
@@ -20,6 +19,7 @@ import pytest
 from dicom_node.config.validation import validate_config
 from tests.support.dcmtk import tool
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "m2unet-node.service"
@@ -177,20 +177,71 @@ def test_orthanc_starts_on_the_compose_config(tmp_path):
         password = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         password.add_password(None, f"http://127.0.0.1:{http_port}/", "orthanc", "orthanc")
         opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(password))
-        for _ in range(100):
+
+        def answer() -> list | None:
+            """``[the modalities Orthanc lists]`` once it answers; None before."""
             try:
                 with opener.open(request, timeout=2) as response:
-                    modalities = json.loads(response.read())
-                break
+                    return [json.loads(response.read())]
             except OSError:
                 if process.poll() is not None:
                     pytest.fail("Orthanc exited on the compose config")
-                time.sleep(0.1)
-        else:
+                return None
+
+        answered = wait_until(answer, timeout=30, step=0.1)
+        if not answered:
             pytest.fail("Orthanc did not answer")
+        [modalities] = answered
         assert modalities == ["m2unet"]
         echo = subprocess.run([tool("echoscu"), "-aec", config["DicomAet"], "127.0.0.1", str(dicom_port)], capture_output=True, timeout=30)
         assert echo.returncode == 0
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# --- scale-out: Redis, the node and Celery workers ------------------------------------------------
+
+WORKER_UNIT = DEPLOY / "m2unet-worker@.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_worker_unit_passes_systemd_analyze_verify(tmp_path):
+    path = tmp_path / "m2unet-worker@.service"
+    path.write_text(WORKER_UNIT.read_text().replace("/opt/m2unet-node/.venv/bin/m2unet-node", str(NODE_BIN)))
+    instance = tmp_path / "m2unet-worker@0.service"
+    instance.symlink_to(path)
+    result = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
+def test_worker_unit_runs_one_worker_on_the_gpu_of_its_instance():
+    settings = unit_settings(WORKER_UNIT.read_text())
+    assert settings["ExecStart"] == ["/opt/m2unet-node/.venv/bin/m2unet-node worker --device cuda:%i --name %H-cuda%i"]
+    assert settings["KillSignal"] == ["SIGTERM"] and settings["User"] == ["m2unet"]
+    assert "/dev/nvidia%i rw" in settings["DeviceAllow"]
+
+
+def test_scale_compose_shares_data_and_config_between_node_and_workers(tmp_path):
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the test extra) parses the compose file")
+    compose = yaml.safe_load((DEPLOY / "compose.scale.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "orthanc", "m2unet-node", "m2unet-worker"}
+    node, worker = services["m2unet-node"], services["m2unet-worker"]
+    assert set(node["volumes"]) == set(worker["volumes"])  # same data_dir, same config
+    assert worker["command"][:2] == ["m2unet-node", "worker"]
+    assert "--appendonly" in services["redis"]["command"]
+    config_dir = DEPLOY / "compose" / "m2unet-celery"
+    assert any(v.startswith("./compose/m2unet-celery:") for v in node["volumes"])
+    text = (config_dir / "node.toml").read_text()
+    (tmp_path / "w.pt").write_bytes(b"stand-in")
+    text = text.replace('data_dir = "/var/lib/m2unet-node"', f'data_dir = "{tmp_path}"')
+    text = text.replace("[model]\n", f'[model]\nweights = "{tmp_path / "w.pt"}"\n')
+    (tmp_path / "node.toml").write_text(text)
+    result = subprocess.run([str(NODE_BIN), "--config", str(tmp_path / "node.toml"), "check-config"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from dicom_node.config.model import load_config
+
+    pipeline = load_config(tmp_path / "node.toml").pipeline
+    assert (pipeline.executor, pipeline.broker_url) == ("celery", "redis://redis:6379/0")

@@ -11,7 +11,7 @@ from pathlib import Path
 from dicom_node.state import db, schema
 from tests.support.paths import REPO
 
-TABLES = {"series", "instances", "jobs", "results", "outbox", "purged_results", "retention_last_pass"}
+TABLES = {"series", "instances", "jobs", "results", "outbox", "purged_results", "retention_last_pass", "tasks", "workers"}
 
 
 def _tables(path: Path) -> set[str]:
