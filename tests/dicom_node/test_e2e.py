@@ -9,7 +9,6 @@ back later; kill -9 of the node while it processes, then a restart: everything a
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pydicom
@@ -22,6 +21,7 @@ from tests.support.dcmtk import have_dcmtk, storescu
 from tests.support.node_process import NodeProcess
 from tests.support.orthanc import OrthancServer, orthanc_available
 from tests.support.paths import REAL_CT
+from tests.support.polling import wait_until
 from tests.support.results_data import (
     SEGIMAGE2ITKIMAGE,
     TID1500READER,
@@ -63,14 +63,15 @@ def results_in_pacs(pacs: OrthancServer, study_uid: str) -> dict[str, dict]:
 
 
 def wait_for(predicate, timeout: float, what: str, node: NodeProcess | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def check():
         value = predicate()
-        if value:
-            return value
-        if node is not None and node.proc is not None and node.proc.poll() is not None:
+        if not value and node is not None and node.proc is not None and node.proc.poll() is not None:
             raise AssertionError(f"node exited while waiting for {what}:\n{node.log_text()[-3000:]}")
-        time.sleep(0.25)
+        return value
+
+    value = wait_until(check, timeout=timeout, step=0.25)
+    if value:
+        return value
     tail = node.log_text()[-3000:] if node is not None else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
@@ -144,7 +145,8 @@ def test_kill_during_processing_then_restart_delivers_once(weights, tmp_path):
             sent = storescu(node.port, series, calling_ae="SCANNER", called_ae=node.ae_title)
             assert sent.successes == len(series), sent.output
             node.wait_for_series(series_uid, states=("running",), timeout=60)
-            time.sleep(0.5)
+            # the job has begun (its start time, stamped on every object, is recorded): kill it now
+            wait_for(lambda: any(e.get("event") == "job_started" for e in node.log_events()), 60, "the job to start", node)
             node.kill()
             conn = db.connect(node.data_dir)
             try:
@@ -154,7 +156,8 @@ def test_kill_during_processing_then_restart_delivers_once(weights, tmp_path):
             assert results_in_pacs(pacs, study) == {}
             node.start()
             found = wait_for(lambda: len(results_in_pacs(pacs, study)) == 3 and results_in_pacs(pacs, study), 240, "results", node)
-            time.sleep(1.0)
+            # the node has recorded every delivery and has nothing left to send: no more can arrive
+            wait_for(lambda: (d := node.status_json()["deliveries"])["delivered"] == 3 and d["pending"] == 0, 60, "the outbox to drain", node)
             assert pacs.statistics()["CountInstances"] == 3  # only the results, each once
             folder = result_folder(node.data_dir, study, series_uid, 1)
             local = {

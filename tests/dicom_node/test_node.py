@@ -3,7 +3,6 @@ nothing acknowledged and the series completes after a restart."""
 
 import re
 import subprocess
-import time
 
 import pydicom
 import pytest
@@ -12,6 +11,7 @@ from dicom_node.state import db
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.dcmtk import have_dcmtk, storescu, tool
 from tests.support.node_process import NodeProcess
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK not installed")
 
@@ -55,14 +55,15 @@ def test_kill_9_mid_series_then_restart_keeps_every_acknowledged_instance(tmp_pa
     cmd = [tool("storescu"), "-v", "-nh", "-aet", "SCANNER", "-aec", "M2UNET", "127.0.0.1", str(node.port), *map(str, files)]
     sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        def stored_count() -> int:
             conn = db.connect(node.data_dir)
-            stored = len(db.series_instance_paths(conn, uid))
-            conn.close()
-            if stored >= 8:
-                break
-            time.sleep(0.01)
+            try:
+                return len(db.series_instance_paths(conn, uid))
+            finally:
+                conn.close()
+
+        # kill mid-series once a few are stored (the acknowledged count is checked below)
+        wait_until(lambda: stored_count() >= 8, timeout=30, step=0.01)
         node.kill()
         output, _ = sender.communicate(timeout=60)
     finally:

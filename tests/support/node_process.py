@@ -26,12 +26,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import tomlkit
 
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 
 DEFAULT_AE_TITLE = "M2UNET"
 
@@ -138,21 +138,25 @@ class NodeProcess:
             self.command("run"), cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
         )
         atexit.register(_kill_if_running, self.proc)
-        deadline = time.monotonic() + timeout
         quiet = logging.getLogger("pynetdicom")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)  # "connection refused" while the node starts is expected
         try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-                if self._listening() if self.tls else self.echo(timeout=2.0, rejected_is_alive=True):
-                    return self
-                time.sleep(0.2)
+            if wait_until(self._answering, timeout=timeout, step=0.2):
+                return self
         finally:
             quiet.setLevel(level)
         self.kill()
         raise TimeoutError(f"node did not answer C-ECHO within {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def _raise_if_exited(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+
+    def _answering(self) -> bool:
+        """Up: it answers C-ECHO (TLS: its port accepts connections); raises if it has exited."""
+        self._raise_if_exited()
+        return self._listening() if self.tls else self.echo(timeout=2.0, rejected_is_alive=True)
 
     def _listening(self) -> bool:
         """For a TLS node (no TLS client here): its port accepts TCP connections."""
@@ -247,9 +251,10 @@ class NodeProcess:
         """Poll the database until the series is in one of ``states``; returns its status entry."""
         from dicom_node.state import db
 
-        deadline = time.monotonic() + timeout
         last = None
-        while time.monotonic() < deadline:
+
+        def reached() -> bool:
+            nonlocal last
             if (self.data_dir / db.DB_FILENAME).exists():
                 conn = db.connect(self.data_dir)
                 try:
@@ -257,10 +262,12 @@ class NodeProcess:
                 finally:
                     conn.close()
                 if last is not None and last.state in states:
-                    return self.series_status(series_instance_uid)
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-            time.sleep(0.2)
+                    return True
+            self._raise_if_exited()
+            return False
+
+        if wait_until(reached, timeout=timeout, step=0.2):
+            return self.series_status(series_instance_uid)
         raise TimeoutError(f"series never reached {states}; last: {last}")
 
     def __enter__(self) -> "NodeProcess":
@@ -336,14 +343,14 @@ class InProcessSCP:
     def wait_for_state(self, series_instance_uid: str, states=("queued",), timeout: float = 20.0):
         from dicom_node.state import db
 
-        deadline = time.monotonic() + timeout
-        record = None
-        while time.monotonic() < deadline:
+        def reached():
             record = db.get_series(self.conn, series_instance_uid)
-            if record is not None and record.state in states:
-                return record
-            time.sleep(0.05)
-        raise TimeoutError(f"series never reached {states}; last: {record}")
+            return record if record is not None and record.state in states else None
+
+        record = wait_until(reached, timeout=timeout, step=0.05)
+        if record is None:
+            raise TimeoutError(f"series never reached {states}; last: {db.get_series(self.conn, series_instance_uid)}")
+        return record
 
     def __enter__(self) -> "InProcessSCP":
         return self.start()

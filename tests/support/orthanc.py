@@ -14,10 +14,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tests.support.polling import wait_until
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
@@ -82,19 +83,20 @@ class OrthancServer:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                self.get("/system")
-                if self._dicom_port_open():
-                    return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            time.sleep(0.1)
+        if wait_until(self._answering, timeout=timeout, step=0.1):
+            return self
         self.stop()
         raise RuntimeError(f"Orthanc did not answer within {timeout} s; see {self.log_path}")
+
+    def _answering(self) -> bool:
+        """The REST API and the DICOM port both answer (raises if Orthanc has exited)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.log_path}")
+        try:
+            self.get("/system")
+            return self._dicom_port_open()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     def _dicom_port_open(self) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,6 +15,7 @@ from tests.dicom_node.adversarial.conftest import needs_dcmtk
 from tests.support.dcmtk import echoscu
 from tests.support.node_process import NodeProcess
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 
 CASES = {
     "empty": ("", ("node = (missing)", "sources = (missing)")),
@@ -56,9 +56,7 @@ def test_hot_reload_of_a_comment_only_file_keeps_the_last_good_config(tmp_path):
         assert echoscu(node.port, calling_ae="CT_1", called_ae=node.ae_title).returncode == 0
         node.config_path.write_text("# emptied by a careless edit\n", encoding="utf-8")
         node.reload()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(e.get("event") == "config_rejected" for e in node.log_events()):
-            time.sleep(0.2)
+        wait_until(lambda: any(e.get("event") == "config_rejected" for e in node.log_events()), timeout=15, step=0.2)
         rejected = [e for e in node.log_events() if e.get("event") == "config_rejected"]
         assert rejected, node.log_text()[-3000:]
         assert any("sources" in str(e.get("problem", "")) for e in rejected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 
+from dicom_node.ingest.connection_guard import ARTIM_S, PENDING_PER_PEER
 from tests.dicom_node.adversarial.conftest import needs_dcmtk
 from tests.support.dcmtk import echoscu
 from tests.support.node_process import NodeProcess
@@ -23,12 +24,29 @@ def _idle_sockets(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def _closed_by_node(sockets: list[socket.socket]) -> int:
+    """How many of ``sockets`` the node has closed (end of stream or reset)."""
+    closed = 0
+    for s in sockets:
+        s.settimeout(0.01)
+        try:
+            if s.recv(1) == b"":
+                closed += 1
+        except socket.timeout:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
 @needs_dcmtk
 def test_forty_idle_connections_do_not_lock_out_an_allowed_scanner(tmp_path):
     with NodeProcess({"sources": [{"ae_title": "CT_1"}]}, tmp_path) as node:
         flood = _idle_sockets(node.port, 40)
         try:
-            time.sleep(0.5)  # every connection is accepted and waiting for its first PDU
+            # every connection is accepted: the node keeps PENDING_PER_PEER idle ones of a peer and
+            # closes the oldest as each newer one comes, so 40 - PENDING_PER_PEER closed = all 40 seen
+            assert wait_until(lambda: _closed_by_node(flood) >= len(flood) - PENDING_PER_PEER, timeout=ARTIM_S, step=0.05)
             started = time.monotonic()
             out = echoscu(node.port, calling_ae="CT_1", called_ae=node.ae_title, extra=["-to", "5", "-ta", "5"])
             took = time.monotonic() - started
@@ -36,19 +54,7 @@ def test_forty_idle_connections_do_not_lock_out_an_allowed_scanner(tmp_path):
             assert took < 4.0, took
             assert "Local Limit Exceeded" not in out.stdout + out.stderr
             # the idle connections are closed by the node: within ARTIM (5 s) the flood is gone
-            def closed_by_node() -> bool:
-                for s in flood:
-                    s.settimeout(0.01)
-                    try:
-                        if s.recv(1) != b"":
-                            return False
-                    except socket.timeout:
-                        return False
-                    except OSError:
-                        pass
-                return True
-
-            assert wait_until(closed_by_node, timeout=10, step=0.2)
+            assert wait_until(lambda: _closed_by_node(flood) == len(flood), timeout=10, step=0.2)
         finally:
             for s in flood:
                 s.close()

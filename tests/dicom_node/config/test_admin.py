@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
 
 import pytest
 from pynetdicom import AE
@@ -13,6 +12,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.cli import main
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 
 PROBLEM_LINE = re.compile(r"^(?P<key>[\w.\[\]-]+) = (?P<value>.+): (?P<why>.+)$")
 
@@ -131,14 +131,15 @@ def test_list_of_an_invalid_config_exits_2(capsys, config_file):
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+            return False
+
+    if not wait_until(listening, timeout=timeout, step=0.05):
+        raise TimeoutError(f"nothing listens on {port}")
 
 
 def test_dest_echo_success_against_dcmtk_storescp(capsys, config_file, tmp_path):

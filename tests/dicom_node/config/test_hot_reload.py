@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from dicom_node.config.model import ConfigError
 from dicom_node.config.edit import add_source, remove_source
 from dicom_node.config.live import LiveConfig
 from dicom_node.ops.logs import configure_logging, reset_logging
+from tests.support.polling import wait_until
 
 BASE = """\
 [node]
@@ -41,12 +41,22 @@ def log_lines():
 
 def wait_for(condition, timeout=10.0):
     """Poll ``condition`` until true (the watcher polls every 0.1 s in these tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+    return wait_until(condition, timeout=timeout, step=0.02)
+
+
+def count_watcher_polls(live: LiveConfig) -> list[int]:
+    """Count the watcher's looks at the file (its ``check_file`` calls): one entry per look."""
+    looks: list[int] = []
+    check_file = live.check_file
+
+    def counted():
+        try:
+            return check_file()
+        finally:
+            looks.append(1)
+
+    live.check_file = counted
+    return looks
 
 
 def titles(live: LiveConfig) -> list[str]:
@@ -116,14 +126,16 @@ def test_restart_bound_keys_keep_their_start_up_values_and_are_reported(config_f
 
 def test_watcher_applies_cli_edits_and_ignores_broken_hand_edits(config_file, log_lines):
     live = LiveConfig(config_file, poll_interval=0.1)
+    looks = count_watcher_polls(live)
     with live:
         add_source(config_file, "CT_2")
         assert wait_for(lambda: titles(live) == ["CT_1", "CT_2"])
         config_file.write_text(config_file.read_text() + "\n[[sources]]\nhost = 5\n")
         assert wait_for(lambda: any(r["event"] == "config_rejected" for r in log_lines()))
         assert titles(live) == ["CT_1", "CT_2"]
-        # the broken content is looked at once, not re-logged on every poll
-        time.sleep(0.5)
+        # the broken content is looked at once, not re-logged on every poll: several more polls
+        after_rejection = len(looks)
+        assert wait_for(lambda: len(looks) >= after_rejection + 3)
         assert sum(r["event"] == "config_kept" for r in log_lines()) == 1
         config_file.write_text(BASE)  # fixed by hand
         assert wait_for(lambda: titles(live) == ["CT_1"])

@@ -3,13 +3,12 @@ broken hand edit leaves the node running on its last good config."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.dcmtk import echoscu, have_dcmtk, storescu
 from tests.support.node_process import NodeProcess
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.skipif(not have_dcmtk(), reason="DCMTK (storescu, echoscu) not installed")
 
@@ -31,12 +30,7 @@ ae_title = "CT_1"
 
 def eventually(condition, timeout: float = 10.0) -> bool:
     """True as soon as ``condition()`` is (the node checks its config file every second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
+    return bool(wait_until(condition, timeout=timeout, step=0.2))
 
 
 def accepted(node: NodeProcess, calling_ae: str) -> bool:

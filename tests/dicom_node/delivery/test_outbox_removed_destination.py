@@ -171,6 +171,24 @@ def test_status_shows_orphaned_items_and_pending_items_of_unconfigured_destinati
     assert "no longer in the config" not in format_status(plain)
 
 
+def count_passes(sender: Sender) -> list[int]:
+    """Record each finished pass of the sender thread (its ``deliver_due`` calls): what it
+    delivered (None: the pass raised)."""
+    passes: list[int | None] = []
+    deliver_due = sender.deliver_due
+
+    def counted(now=None):
+        delivered = None
+        try:
+            delivered = deliver_due(now)
+            return delivered
+        finally:
+            passes.append(delivered)
+
+    sender.deliver_due = counted
+    return passes
+
+
 def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp, tmp_path):
     """The running sender thread and the real config file: ``dest remove`` orphans the items,
     ``dest add`` of the same name makes them pending again and they reach the SCP."""
@@ -184,6 +202,7 @@ def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp,
     live = LiveConfig(config_path, poll_interval=0.1)
     live.start()
     sender = Sender(live)
+    passes = count_passes(sender)
     sender.start()
     check = db.connect(data_dir)
     try:
@@ -196,7 +215,10 @@ def test_hot_reload_remove_then_add_back_delivers_what_was_waiting(objects, scp,
         assert summary["pending"] == 0
         assert all("'pacs' removed from the configuration" in i["last_error"] for i in summary["items"])
         assert len(_outbox_files(data_dir)) == 3 and all(o.path.exists() for o in objects)
-        time.sleep(0.5)  # several passes: still orphaned, nothing sent anywhere
+        # two more whole passes of the sender thread (woken for the first): still orphaned, nothing sent
+        seen = len(passes)
+        sender.wake()
+        assert wait_until(lambda: len(passes) >= seen + 2)
         assert outbox.delivery_summary(check)["orphaned"] == 3 and scp.stored == []
 
         add_destination(config_path, "pacs", "PACS", "127.0.0.1", scp.port)  # back, now reachable

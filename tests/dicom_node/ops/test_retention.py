@@ -33,6 +33,7 @@ from dicom_node.ops.recovery import reconcile_spool
 from dicom_node.results.records import record_result, result_folder
 from dicom_node.ingest.spool import Spool
 from tests.support.paths import REPO
+from tests.support.polling import wait_until
 
 DAY = 86400.0
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -518,9 +519,7 @@ def test_worker_runs_at_start_up_logs_counts_and_survives_a_failing_pass(data, m
     worker = retention_worker.RetentionWorker(live, first_delay=0.0)
     worker.start()
     try:
-        deadline = time.monotonic() + 20
-        while worker.last_report is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: worker.last_report is not None, timeout=20)
         assert worker.last_report is not None and worker.last_report.series_purged == 1
         assert not any(p.exists() for p in files)
 
@@ -575,9 +574,7 @@ def test_node_process_runs_a_pass_at_start_up(tmp_path):
     d.conn.close()
     node.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(e["event"] == "retention_pass" for e in node.log_events()):
-            time.sleep(0.2)
+        wait_until(lambda: any(e["event"] == "retention_pass" for e in node.log_events()), timeout=30, step=0.2)
         status = node.status_json()
     finally:
         assert node.stop() == 0

@@ -25,6 +25,7 @@ from tests.support.results_data import (
     phantom_series,
     queue_series,
 )
+from tests.support.polling import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,9 @@ def test_rerun_after_crash_rebuilds_identical_objects_and_queues_once(predictor,
     # the process died after queueing but before anyone noticed: ingest re-queues at start-up
     db.set_series_state(conn, record.series_instance_uid, "running")
     assert db.requeue_running(conn) == 1
-    time.sleep(1.1)  # a later wall clock must not change the objects
+    # real elapsed time, into the next whole second (creation times are whole seconds, and
+    # run_job and highdicom read the wall clock themselves): a later clock must not change the objects
+    time.sleep(1.1)
     assert run_job(conn, db.claim_queued_series(conn), predictor, config) == "done"
     assert _files(folder) == first
     summary = outbox.delivery_summary(conn)
@@ -159,9 +162,7 @@ def test_worker_thread_processes_queued_series(predictor, series_paths, data_dir
     worker = PipelineWorker(StaticConfig(node_config(data_dir)), predictor=predictor)
     worker.start()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and db.get_series(conn, record.series_instance_uid).state != "done":
-            time.sleep(0.2)
+        wait_until(lambda: db.get_series(conn, record.series_instance_uid).state == "done", timeout=120, step=0.2)
     finally:
         worker.stop()
     assert db.get_series(conn, record.series_instance_uid).state == "done"
@@ -169,15 +170,20 @@ def test_worker_thread_processes_queued_series(predictor, series_paths, data_dir
 
 
 def test_worker_waits_while_weights_are_unusable(series_paths, data_dir, tmp_path):
+    from structlog.testing import capture_logs
+
     conn = db.connect(data_dir)
     record = queue_series(conn, series_paths)
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not weights")
     config = replace(node_config(data_dir), model=ModelSettings(weights=bad, device="cpu"))
     worker = PipelineWorker(StaticConfig(config))
-    worker.start()
-    time.sleep(1.0)
-    worker.stop()
+    with capture_logs() as logs:
+        worker.start()
+        try:  # it has tried the weights and is waiting to try again: it claims nothing meanwhile
+            assert wait_until(lambda: any(e["event"] == "weights_unusable" for e in logs), timeout=30)
+        finally:
+            worker.stop()
     assert db.get_series(conn, record.series_instance_uid).state == "queued"  # not claimed, not failed
     conn.close()
 
