@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tomllib
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -153,14 +154,21 @@ def test_compose_wires_the_node_to_orthanc():
 
 
 def test_compose_node_config_passes_check_config(tmp_path):
-    # The shipped weights are what the image uses; point at a stand-in so this checks the rest.
-    text = (DEPLOY / "compose" / "m2unet-node" / "node.toml").read_text()
+    assert check_compose_config(DEPLOY / "compose" / "m2unet-node" / "node.toml", tmp_path).returncode == 0
+
+
+def check_compose_config(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``m2unet-node check-config`` on a compose config, its data_dir in ``tmp_path`` and its
+    weights a stand-in (the image ships the real ones); returns the run (stderr: the problems).
+    The checked copy is ``tmp_path/node.toml``."""
+    text = path.read_text()
     (tmp_path / "w.pt").write_bytes(b"stand-in")
     text = text.replace('data_dir = "/var/lib/m2unet-node"', f'data_dir = "{tmp_path}"')
     text = text.replace("[model]\n", f'[model]\nweights = "{tmp_path / "w.pt"}"\n')
     (tmp_path / "node.toml").write_text(text)
     result = subprocess.run([str(NODE_BIN), "--config", str(tmp_path / "node.toml"), "check-config"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.mark.skipif(shutil.which("Orthanc") is None, reason="Orthanc not installed")
@@ -234,13 +242,7 @@ def test_scale_compose_shares_data_and_config_between_node_and_workers(tmp_path)
     assert "--appendonly" in services["redis"]["command"]
     config_dir = DEPLOY / "compose" / "m2unet-celery"
     assert any(v.startswith("./compose/m2unet-celery:") for v in node["volumes"])
-    text = (config_dir / "node.toml").read_text()
-    (tmp_path / "w.pt").write_bytes(b"stand-in")
-    text = text.replace('data_dir = "/var/lib/m2unet-node"', f'data_dir = "{tmp_path}"')
-    text = text.replace("[model]\n", f'[model]\nweights = "{tmp_path / "w.pt"}"\n')
-    (tmp_path / "node.toml").write_text(text)
-    result = subprocess.run([str(NODE_BIN), "--config", str(tmp_path / "node.toml"), "check-config"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    check_compose_config(config_dir / "node.toml", tmp_path)
     from dicom_node.config.model import load_config
 
     pipeline = load_config(tmp_path / "node.toml").pipeline

@@ -43,6 +43,19 @@ def _kill_if_running(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def json_events(text: str) -> list[dict]:
+    """The JSON lines of a log, parsed (other lines are skipped)."""
+    events = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+    return events
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -222,15 +235,7 @@ class NodeProcess:
 
     def log_events(self) -> list[dict]:
         """The JSON log lines, parsed (other lines are skipped)."""
-        events = []
-        for line in self.log_text().splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    pass
-        return events
+        return json_events(self.log_text())
 
     def run_cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run(self.command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout)

@@ -10,7 +10,6 @@ the real node and DCMTK's storescu, Orthanc as the PACS. One scenario per fault:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from dicom_node.state import db
 from m2unet.weights import random_weights
 from tests.support.ct_series import phantom_hu, write_ct_series
 from tests.support.dcmtk import have_dcmtk, storescu
-from tests.support.node_process import NodeProcess
+from tests.support.node_process import NodeProcess, json_events
 from tests.support.orthanc import OrthancServer, orthanc_available
 from tests.support.paths import REPO
 from tests.support.polling import wait_until
@@ -119,17 +118,6 @@ def _results_in_pacs(pacs: OrthancServer, study_uid: str) -> list[str]:
     return sorted(modalities)
 
 
-def _events(text: str) -> list[dict]:
-    events = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                pass
-    return events
-
-
 def _send(node: NodeProcess, files: list[Path]) -> None:
     sent = storescu(node.port, files, calling_ae="SCANNER", called_ae=node.ae_title)
     assert sent.successes == len(files), sent.output[-2000:]
@@ -205,7 +193,7 @@ def test_a_node_restarted_while_its_task_waits_in_the_broker_neither_loses_nor_r
     assert (task["publications"], task["deliveries"]) == (1, 1)
     assert wait_until(lambda: _results_in_pacs(pacs, study) == ["SEG", "SR"], timeout=60, step=0.5)
     assert workers[0].stop() == 0  # SIGTERM: a clean exit
-    assert any(e.get("event") == "worker_stopped" for e in _events(workers[0].log_text()))
+    assert any(e.get("event") == "worker_stopped" for e in json_events(workers[0].log_text()))
 
 
 def _other_orientation(ds, k):
