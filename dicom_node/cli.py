@@ -128,6 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dest_echo.add_argument("name", metavar="NAME")
 
+    web = sub.add_parser(
+        "web",
+        parents=common,
+        help="the web console ([web], [[web_users]])",
+        description="Logins of the web console ([[web_users]]). " + RELOAD_NOTE,
+    )
+    web_sub = web.add_subparsers(dest="action", required=True, metavar="ACTION")
+    web_password = web_sub.add_parser(
+        "set-password",
+        parents=common,
+        help="add a console user or change its password (read from standard input)",
+        description="Read the password from standard input (one line, at least 8 characters) and store "
+        "only its argon2id hash as the [[web_users]] entry USER. " + RELOAD_NOTE,
+    )
+    web_password.add_argument("user", metavar="USER", help="the login name")
+    web_password.add_argument("--role", choices=("admin", "viewer"), default="viewer", help="default: viewer (reads only)")
+
     process = sub.add_parser(
         "process", parents=common, help="run the pipeline offline on a folder holding one CT series"
     )
@@ -216,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "remove":
             return admin.dest_remove(args.config, args.name)
         return admin.dest_echo(args.config, args.name)
+    if cmd == "web":
+        from dicom_node.web.passwords import set_password
+
+        return set_password(args.config, args.user, args.role)
     if cmd == "process":
         from dicom_node.pipeline.offline import process_series
 

@@ -98,6 +98,11 @@ class Node:
             self.pipeline = PipelineWorker(live_config)
         self.sender = Sender(live_config)
         self.retention = RetentionWorker(live_config)
+        self.web = None
+        if config.web.enabled:  # the console and REST API (dicom_node.web)
+            from dicom_node.web.server import WebServer
+
+            self.web = WebServer(live_config)
 
     def _instance_arrived(self, record: db.RecordResult) -> None:
         note_late_instance(record)
@@ -110,9 +115,12 @@ class Node:
         self.sender.start()
         self.retention.start()
         self.scp.start()
+        if self.web is not None:
+            self.web.start()
 
     def stop(self) -> None:
         steps = [
+            *([("web", self.web.stop)] if self.web is not None else []),
             ("scp", self.scp.stop),
             ("retention", self.retention.stop),
             ("assembler", self.assembler.stop),

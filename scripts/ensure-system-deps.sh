@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure the programs the tests drive are present: DCMTK (storescu, echoscu, dcmcjpeg, ...),
-# dicom3tools (dciodvfy), Orthanc and Redis (the broker of the Celery executor's tests). Installs
+# dicom3tools (dciodvfy), Orthanc, Redis (the broker of the Celery executor's tests) and Chromium with
+# its WebDriver (the web console's browser test). Installs
 # them with apt-get when missing and running as root; otherwise names what is missing and exits 1.
 set -euo pipefail
-declare -A need=([storescu]=dcmtk [echoscu]=dcmtk [dcmcjpeg]=dcmtk [dciodvfy]=dicom3tools [Orthanc]=orthanc [redis-server]=redis-server)
+declare -A need=([storescu]=dcmtk [echoscu]=dcmtk [dcmcjpeg]=dcmtk [dciodvfy]=dicom3tools [Orthanc]=orthanc [redis-server]=redis-server [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 for prog in "${!need[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || missing+=("${need[$prog]}")

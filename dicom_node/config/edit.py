@@ -382,3 +382,17 @@ def remove_destination(path: str | os.PathLike, name: str) -> EditResult:
         return None, hits
 
     return _edit(path, "destinations", plan)
+
+
+def set_web_user(path: str | os.PathLike, name: str, role: str, password_hash: str) -> EditResult:
+    """Add the ``[[web_users]]`` entry ``name`` with ``role`` and ``password_hash``, replacing the
+    entry of that name when there is one (its attached comments go with it)."""
+    from dicom_node.config.keys import web_role_problem, web_user_problem
+
+    _argument_problems([("USER", name, web_user_problem), ("--role", role, web_role_problem)])
+
+    def plan(doc: dict) -> tuple[dict, list[int]]:
+        hits = [i for i, u in enumerate(doc.get("web_users", [])) if u.get("name") == name]
+        return {"name": name, "role": role, "password_hash": password_hash}, hits
+
+    return _edit(path, "web_users", plan)

@@ -30,6 +30,8 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _DEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_WEB_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+WEB_ROLES = ("admin", "viewer")
 
 Check = Callable[[Any], "str | None"]  # why a value cannot be used, in words; None: it can
 
@@ -182,6 +184,36 @@ def _queue(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"must be a string, not {_type_name(value)}"
     return None if _QUEUE.match(value) else "must be 1-64 letters, digits, '_', '.' or '-'"
+
+
+def web_user_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    if not _WEB_USER.match(value):
+        return "must be 1-64 letters, digits, '_', '.', '@', '-' (starting with a letter or digit)"
+    return None
+
+
+def web_role_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    return None if value in WEB_ROLES else f"must be one of {', '.join(WEB_ROLES)}"
+
+
+def _password_hash(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_type_name(value)}"
+    if not value.startswith("$argon2id$"):
+        return "must be an argon2id hash (set it with m2unet-node web set-password USER)"
+    return None
+
+
+def _session_minutes(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number of minutes, not {_type_name(value)}"
+    if not 1 <= value <= 24 * 60:
+        return "must be between 1 and 1440 minutes"
+    return None
 
 
 # --- the shape of the table -----------------------------------------------------------------------
@@ -338,6 +370,21 @@ TABLES: dict[str, Table] = {
             Key("tls_certificate", PATH, _nonempty_string, None, "this node's client certificate (mutual TLS)"),
             Key("tls_private_key", PATH, _nonempty_string, None),
             Key("tls_verify_hostname", BOOLEAN, _boolean, True, "the certificate must name ``host``"),
+            array=True,
+        ),
+        _table(
+            "web",
+            Key("enabled", BOOLEAN, _boolean, False, "the web console and REST API in the node's process"),
+            Key("host", TEXT, host_problem, "127.0.0.1", "the address the console listens on"),
+            Key("port", INTEGER, port_problem, 8080),
+            Key("session_minutes", NUMBER, _session_minutes, 60.0, "a login lasts this long without use"),
+            Key("show_patient_names", BOOLEAN, _boolean, False, "the series page shows the patient's name"),
+        ),
+        _table(
+            "web_users",
+            Key("name", TEXT, web_user_problem, REQUIRED, "the login name"),
+            Key("password_hash", TEXT, _password_hash, REQUIRED, "argon2id, written by m2unet-node web set-password"),
+            Key("role", TEXT, web_role_problem, "viewer", "admin: may change the config; viewer: reads only"),
             array=True,
         ),
     )

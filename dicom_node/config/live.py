@@ -9,7 +9,8 @@ config stays in force, so a broken hand edit never stops a receiving node.
 What takes effect without a restart is whatever the stages read from ``.current`` as they work:
 ``[[sources]]`` (every association request), ``[[destinations]]`` and ``[sender]`` (every send),
 series timeouts, ``reject_unknown_sources``, ``accept_other_storage``, ``[results]``. The listening
-address, AE title, ``data_dir``, ``log_format``, ``[model]`` and ``[tls]`` are bound at start-up:
+address, AE title, ``data_dir``, ``log_format``, ``[model]``, ``[tls]`` and the console's ``[web]``
+``enabled``, ``host``, ``port`` and ``session_minutes`` are bound at start-up:
 ``.current`` keeps their start-up values (so no stage ever sees, say, a new ``data_dir`` while
 others use the old one), and a change to them is logged as ``config_needs_restart`` naming the keys.
 """
@@ -41,6 +42,10 @@ RESTART_KEYS = (
     ("model", "weights"),
     ("model", "device"),
     ("tls", None),
+    ("web", "enabled"),
+    ("web", "host"),
+    ("web", "port"),
+    ("web", "session_minutes"),
 )
 
 
@@ -54,7 +59,11 @@ def with_start_up_values(new: NodeConfig, start: NodeConfig) -> NodeConfig:
         new.node,
         **{key: getattr(start.node, key) for table, key in RESTART_KEYS if table == "node" and key is not None},
     )
-    return replace(new, node=node, model=start.model, tls=start.tls)
+    web = replace(
+        new.web,
+        **{key: getattr(start.web, key) for table, key in RESTART_KEYS if table == "web" and key is not None},
+    )
+    return replace(new, node=node, model=start.model, tls=start.tls, web=web)
 
 
 def restart_keys_changed(old: NodeConfig, new: NodeConfig) -> list[str]:

@@ -62,6 +62,8 @@ RetentionSettings = _settings_class(
 PipelineSettings = _settings_class(
     "PipelineSettings", "pipeline", "Where the pipeline runs (see :mod:`dicom_node.pipeline.celery_executor`)."
 )
+WebSettings = _settings_class("WebSettings", "web", "The web console and REST API (see :mod:`dicom_node.web`).")
+WebUser = _settings_class("WebUser", "web_users", "A login of the web console: one ``[[web_users]]`` entry.")
 Source = _settings_class("Source", "sources", "A scanner (or other sender) allowed to send: one ``[[sources]]`` entry.")
 Destination = _settings_class(
     "Destination",
@@ -82,6 +84,8 @@ class NodeConfig:
     sender: SenderSettings = field(default_factory=SenderSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    web_users: tuple[WebUser, ...] = ()
     path: Path | None = None  # the file it was read from
     raw: dict = field(default_factory=dict, compare=False, repr=False)  # the whole parsed TOML
 
@@ -97,6 +101,8 @@ _SETTINGS: dict[str, type] = {
     "pipeline": PipelineSettings,
     "sources": Source,
     "destinations": Destination,
+    "web": WebSettings,
+    "web_users": WebUser,
 }
 if not set(_SETTINGS) == set(TABLES) == {f.name for f in fields(NodeConfig)} - {"path", "raw"}:
     raise ImportError("dicom_node.config: keys.TABLES, model._SETTINGS and NodeConfig's fields name other tables")

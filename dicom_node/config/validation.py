@@ -184,6 +184,15 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
         else:
             seen_names[dest["name"]] = i
 
+    seen_users: dict[str, int] = {}
+    for i, user in enumerate(doc.get("web_users", [])):
+        if user["name"] in seen_users:
+            problems.append(
+                Problem(f"web_users[{i}].name", user["name"], f"duplicate of web_users[{seen_users[user['name']]}]")
+            )
+        else:
+            seen_users[user["name"]] = i
+
     sender = doc.get("sender", {})
     initial = sender.get("retry_initial", _default("sender", "retry_initial"))
     cap = sender.get("retry_max", _default("sender", "retry_max"))
