@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import fields, replace
-from pathlib import Path
 
 import structlog
 

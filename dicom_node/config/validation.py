@@ -163,6 +163,18 @@ def _required_tables(doc: dict) -> list[Problem]:
     return problems
 
 
+def _duplicate_names(doc: dict, array: str) -> list[Problem]:
+    """``[[array]]`` entries whose ``name`` an earlier entry already has."""
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(doc.get(array, [])):
+        if entry["name"] in seen:
+            problems.append(Problem(f"{array}[{i}].name", entry["name"], f"duplicate of {array}[{seen[entry['name']]}]"))
+        else:
+            seen[entry["name"]] = i
+    return problems
+
+
 def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -175,23 +187,7 @@ def _cross_checks(doc: dict, config_dir: Path | None) -> list[Problem]:
         else:
             seen_sources[ident] = i
 
-    seen_names: dict[str, int] = {}
-    for i, dest in enumerate(doc.get("destinations", [])):
-        if dest["name"] in seen_names:
-            problems.append(
-                Problem(f"destinations[{i}].name", dest["name"], f"duplicate of destinations[{seen_names[dest['name']]}]")
-            )
-        else:
-            seen_names[dest["name"]] = i
-
-    seen_users: dict[str, int] = {}
-    for i, user in enumerate(doc.get("web_users", [])):
-        if user["name"] in seen_users:
-            problems.append(
-                Problem(f"web_users[{i}].name", user["name"], f"duplicate of web_users[{seen_users[user['name']]}]")
-            )
-        else:
-            seen_users[user["name"]] = i
+    problems += _duplicate_names(doc, "destinations") + _duplicate_names(doc, "web_users")
 
     sender = doc.get("sender", {})
     initial = sender.get("retry_initial", _default("sender", "retry_initial"))
