@@ -92,18 +92,18 @@ def requeue_lost(conn: sqlite3.Connection, lost_before: float, now: float | None
     """Series ``running`` on a worker last seen before ``lost_before`` go back to ``queued`` (and
     are published again); returns their Series Instance UIDs."""
     now = time.time() if now is None else now
+    lost = (
+        "SELECT s.series_instance_uid FROM series s"
+        " JOIN tasks t ON t.series_instance_uid = s.series_instance_uid AND t.version = s.version"
+        " LEFT JOIN workers w ON w.name = t.worker"
+        " WHERE s.state = ? AND t.started_at IS NOT NULL AND t.finished_at IS NULL"
+        " AND (w.last_seen IS NULL OR w.last_seen < ?)"
+    )
+    with locked(conn):  # a read first: the dispatcher asks twice a second, and nearly always nothing is lost
+        if conn.execute(lost + " LIMIT 1", (SeriesState.RUNNING, lost_before)).fetchone() is None:
+            return []
     with write_transaction(conn):
-        uids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT s.series_instance_uid FROM series s"
-                " JOIN tasks t ON t.series_instance_uid = s.series_instance_uid AND t.version = s.version"
-                " LEFT JOIN workers w ON w.name = t.worker"
-                " WHERE s.state = ? AND t.started_at IS NOT NULL AND t.finished_at IS NULL"
-                " AND (w.last_seen IS NULL OR w.last_seen < ?)",
-                (SeriesState.RUNNING, lost_before),
-            ).fetchall()
-        ]
+        uids = [r[0] for r in conn.execute(lost, (SeriesState.RUNNING, lost_before)).fetchall()]
         for uid in uids:
             conn.execute(
                 "UPDATE series SET state = ?, reason = ?, updated_at = ? WHERE series_instance_uid = ? AND state = ?",
