@@ -150,12 +150,26 @@ def connect(data_dir: str | Path) -> NodeConnection:
     )
     conn.data_dir = data_dir
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")  # see dicom_node.ops.recovery: the spool is the truth
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     with locked(conn):
         create_schema(conn)
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. Switching an older (rollback-journal) database needs it to itself, and SQLite
+    answers "locked" at once rather than waiting: retry within the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def locked(conn: sqlite3.Connection):
