@@ -1,7 +1,8 @@
 """A plain Hounsfield-unit lung mask.
 
-Used by lobe post-processing (labels only inside the lungs), by the predictor (crop to the lungs,
-skip slices without lung) and to check the lobes' union on a real series. No learning involved:
+Used by the predictor to plan where the decoder runs (crop to the lungs, skip slices without lung)
+and to check the lobes' union on a real series. The lobes themselves are not cut to it: a threshold
+loses consolidated lung (:mod:`m2unet.postprocess`). No learning involved:
 
 1. air: voxels below ``threshold_hu`` (-400 HU: aerated lung is about -850 HU, soft tissue above
    -100 HU);

@@ -6,7 +6,8 @@
 * the **lobe map** on the source grid, every source slice: the decoder segments whole slices
   (the network is fully convolutional; the paper's patches are a training device), the 7 classes
   are merged to the 5 lobes (:func:`m2unet.labels.to_lobe_map`) and cleaned up
-  (:mod:`m2unet.postprocess`: lobes only inside the lungs, no islands);
+  (:mod:`m2unet.postprocess`: no islands, enclosed cavities filled; the lung is what the network
+  paints, consolidated lung included, not a Hounsfield threshold);
 * the **probability of severe**: the paper's test-time input, a bag of 200 patches of 128 x 128 from
   the body region (:func:`m2unet.preprocessing.sample_bag`), through the encoder and the two MIL
   levels. Bags are drawn from one generator seeded from the series: the first always, more (up to
@@ -25,7 +26,7 @@ pixels. Those regions are planned and the decoder nested in them by :mod:`m2unet
 through a runner of :mod:`m2unet.runners`: batch norm is folded into the convolutions, tensors
 are channels-last, everything runs under ``torch.inference_mode``; ONNX Runtime may replace
 PyTorch on the CPU (``InferenceOptions.runtime``). Voxels outside the lungs' boxes are
-background, which the clean-up would make them anyway (lobes only inside the lungs). Slices are
+background (the boxes are planned on the HU lung mask with a margin around it). Slices are
 windowed a batch at a time: no float32 copy of the volume is held.
 
 Variants (``metadata.variant``): ``seg_only`` weights give ``probability_severe = None`` and
@@ -53,7 +54,7 @@ from m2unet.device import resolve_device
 from m2unet.labels import to_lobe_map
 from m2unet.lungs import lung_mask as hu_lung_mask
 from m2unet.model import M2UNet
-from m2unet.postprocess import postprocess
+from m2unet.postprocess import network_lungs, postprocess
 from m2unet.preprocessing import (
     BodyBox,
     PreprocessingConfig,
@@ -287,7 +288,7 @@ class Predictor:
                 severity = SEVERE if probability >= self.threshold else NON_SEVERE
         if raw is not None:
             with _stage(timings, "postprocess"):
-                class_map = self.clean_up(volume, raw, lungs)
+                class_map = self.clean_up(volume, raw)
                 lobe_map = to_lobe_map(class_map)
         for stage in STAGES[:-1]:
             timings.setdefault(stage, 0.0)
@@ -334,10 +335,11 @@ class Predictor:
         """The HU lung mask of :func:`m2unet.lungs.lung_mask` (bool, z-y-x)."""
         return np.asarray(hu_lung_mask(volume), dtype=bool)
 
-    def clean_up(self, volume: Volume, class_map: np.ndarray, lung_mask: np.ndarray) -> np.ndarray:
-        """The clean-up of :func:`m2unet.postprocess.postprocess`: labels only inside the lungs, one
-        component per class, lung voxels without a label filled from the nearest."""
-        return np.asarray(postprocess(class_map, lung_mask, volume.spacing), dtype=np.uint8)
+    def clean_up(self, volume: Volume, class_map: np.ndarray) -> np.ndarray:
+        """The clean-up of :func:`m2unet.postprocess.postprocess` inside the network's own lungs
+        (:func:`m2unet.postprocess.network_lungs`, consolidation included, which the HU mask would
+        cut away): one component per class, enclosed cavities filled from the nearest label."""
+        return np.asarray(postprocess(class_map, network_lungs(class_map), volume.spacing), dtype=np.uint8)
 
     def segment(self, volume: Volume, lung_mask: np.ndarray) -> np.ndarray:
         """The decoder's 7-class label map (uint8, source grid) before the clean-up; 0 outside the

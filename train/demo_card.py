@@ -83,7 +83,7 @@ def plain_summary(run_dir: Path, summary: dict) -> str:
         + f" Measured on {held.get('cases', 0)} held-out phantoms: AUC {_verdict(held.get('auc'), 0.95)}, mean lobe DSC "
         f"{_verdict(held.get('dsc'), 0.9)}. On the one real series available: union of the five lobes against the HU "
         f"lung mask, Dice {_verdict(real.get('lobe_union_dice_vs_hu_lung_mask'), 0.85)} after the predictor's clean-up "
-        f"(which keeps lobes inside that mask), {_verdict(real.get('network_union_dice_vs_hu_lung_mask'), 0.85)} for the "
+        f"(islands and enclosed cavities), {_verdict(real.get('network_union_dice_vs_hu_lung_mask'), 0.85)} for the "
         f"network's own foreground; {anatomy}.{volume_text} The severity output on real CT means nothing: the "
         "classifier has only seen synthetic findings. Train and validate on local data before drawing any conclusion "
         "from either output."

@@ -40,7 +40,7 @@ def measure_real_ct(predictor, out: Path, folder: Path = REAL_CT) -> dict:
         "shape": list(volume.shape),
         "spacing": [round(s, 4) for s in volume.spacing],
         "lobe_union_dice_vs_hu_lung_mask": round(dice(union, lungs), 4),
-        # the network's own foreground before the predictor's clean-up (which keeps lobes inside the lung mask)
+        # the network's own foreground before the predictor's clean-up (islands handed over, cavities filled)
         "network_union_dice_vs_hu_lung_mask": round(dice(prediction.raw_class_map > 0, lungs), 4),
         "lobe_voxels": {str(k): int((prediction.lobe_map == k).sum()) for k in range(1, 6)},
         "lobe_volumes_ml": {lobe.name.lower(): round(float((prediction.lobe_map == int(lobe)).sum()) * voxel_ml, 1)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from m2unet.postprocess import fill_lungs, postprocess, remove_islands, restrict_to_lungs
+from m2unet.postprocess import fill_lungs, network_lungs, postprocess, remove_islands, restrict_to_lungs
 
 SPACING = (1.0, 1.0, 1.0)
 
@@ -115,3 +115,28 @@ def test_random_label_noise_becomes_one_component_per_class():
     assert np.all(out[~lung] == 0)
     for c in range(1, 7):
         assert components(out == c) <= 1
+
+
+def test_the_network_lungs_take_in_enclosed_cavities_and_nothing_open():
+    m = np.zeros((12, 24, 30), dtype=np.uint8)
+    m[1:11, 2:22, 2:12] = 2  # a right lung
+    m[1:11, 2:22, 18:28] = 5  # a left lung, apart: the gap between them is open
+    m[4:7, 8:12, 5:9] = 0  # a cavity inside the right lung (a nodule left unlabelled)
+    m[0:6, 10:14, 22:25] = 0  # a well reaching the left lung's top: open
+    region = network_lungs(m)
+    assert region[4:7, 8:12, 5:9].all()
+    assert not region[0:6, 10:14, 22:25].any()
+    assert not region[:, :, 12:18].any()
+    np.testing.assert_array_equal(region & ~(m > 0), np.pad(np.ones((3, 4, 4), bool), ((4, 5), (8, 12), (5, 21))))
+    out = postprocess(m, region, SPACING)
+    assert np.all(out[4:7, 8:12, 5:9] == 2)  # the cavity takes the lobe around it
+    assert not out[0:6, 10:14, 22:25].any()
+
+
+def test_a_consolidated_region_the_network_paints_stays_a_lobe():
+    """Lobes are no longer cut to a Hounsfield mask: the clean-up inside the network's own lungs
+    keeps every labelled voxel of a single component, dense or not."""
+    m = two_lobes()
+    region = network_lungs(m)
+    np.testing.assert_array_equal(postprocess(m, region, SPACING), m)
+    assert not network_lungs(np.zeros((3, 4, 4), np.uint8)).any()

@@ -15,6 +15,7 @@ import torch
 
 from m2unet.labels import NUM_CLASSES, Lobe, to_lobe_map
 from m2unet.lungs import lung_mask
+from m2unet.postprocess import network_lungs
 from m2unet.model import M2UNet
 from m2unet.phantom import make_phantom
 from m2unet.predictor import (
@@ -77,14 +78,15 @@ def test_lobe_map_is_on_the_source_grid_for_every_slice(prediction, volume):
     np.testing.assert_array_equal(prediction.lobe_map, to_lobe_map(prediction.class_map))
 
 
-def test_lobes_only_inside_the_lungs(prediction, volume):
+def test_lobes_only_inside_the_lungs_the_network_paints(prediction, volume):
     lungs = lung_mask(volume)
     assert lungs.any()
-    assert not (prediction.lobe_map[~lungs]).any()
-    assert prediction.lung_slices == int(lungs.any(axis=(1, 2)).sum())
-    # the decoder ran on every slice with lung and nowhere without: slices without lung stay 0
     raw = prediction.raw_class_map
+    assert not prediction.lobe_map[~network_lungs(raw)].any()
+    assert prediction.lung_slices == int(lungs.any(axis=(1, 2)).sum())
+    # the decoder ran on every slice with HU lung and nowhere without: slices without lung stay 0
     assert not raw[~lungs.any(axis=(1, 2))].any()
+    assert not prediction.lobe_map[~lungs.any(axis=(1, 2))].any()
 
 
 def test_same_seed_same_answer(predictor, volume, prediction):
@@ -164,7 +166,7 @@ def test_timings_and_provenance(prediction, weights):
 
 def test_fast_path_matches_the_plain_forward_inside_the_lungs(weights, volume, prediction):
     """Whole slices one at a time, batch norm unfused, contiguous tensors: the plain reference
-    (on the slices with lung: the clean-up makes every other voxel background anyway)."""
+    (on the slices with lung, compared inside the HU lungs: the fast path's windows are planned on them)."""
     plain = InferenceOptions(
         crop_margin=None, decoder_margin=None, skip_empty_slices=True, batch_size=1,
         fuse_batch_norm=False, channels_last=False, runtime="torch",
@@ -189,9 +191,9 @@ def test_int16_and_float_volumes_give_the_same_answer(predictor, volume, predict
 def test_resampled_weights_still_answer_on_the_source_grid(tmp_path, volume):
     resampled = PreprocessingConfig(patch_size=32, bag_size=8, min_body_size=64, in_plane_spacing_mm=6.0)
     path, _ = small_weights(tmp_path / "resampled.pt", preprocessing=resampled)
-    result = Predictor.from_weights(path, device="cpu", bags=1, options=TORCH).predict(volume, seed=3)
+    result = Predictor.from_weights(path, device="cpu", bags=1, options=TORCH).predict(volume, seed=3, keep_raw=True)
     assert result.lobe_map.shape == volume.shape
-    assert not result.lobe_map[~lung_mask(volume)].any()
+    assert not result.lobe_map[~network_lungs(result.raw_class_map)].any()
     assert 0.0 <= result.probability_severe <= 1.0
 
 
