@@ -47,6 +47,16 @@ def annotation_index() -> list[tuple[int, Path, bool]]:
     return [(i, p, annotation_name(p) in HELD_OUT) for i, p in enumerate(annotation_paths())]
 
 
+def layout_consistent(names: set[str]) -> set[str]:
+    """Those of the annotation ``names`` whose label map passes
+    :func:`m2unet.phantoms.annotations.layout_problems`."""
+    from m2unet.phantoms import annotation_name, load_annotation
+    from m2unet.phantoms.annotations import layout_problems
+
+    return {annotation_name(p) for _, p, _ in annotation_index()
+            if annotation_name(p) in names and not layout_problems(load_annotation(p))}
+
+
 def render_training(out: Path, per_annotation: int, config: PreprocessingConfig, first: int = 0, log=print) -> int:
     """Render ``per_annotation`` cases (k = first .. first + per_annotation - 1) of each training
     annotation into the cache, round-robin over annotations so that a partial cache covers all

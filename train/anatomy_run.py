@@ -120,7 +120,7 @@ def _spearman(x, y) -> float:
 def measure(predictor, out: Path, limit: int | None, log=print) -> dict:
     from m2unet.preprocessing import series_seed
     from train.real_ct import measure_real_ct
-    from train.metrics import classification_metrics, segmentation_metrics
+    from train.metrics import segmentation_metrics
 
     result: dict = {}
     for name in ("holdout-anatomy", "holdout-look"):
@@ -139,11 +139,30 @@ def measure(predictor, out: Path, limit: int | None, log=print) -> dict:
             rows.append(row)
             log(json.dumps(row))
         result[name] = rows
+    result["real_ct"] = measure_real_ct(predictor, out)
+    log(json.dumps({k: v for k, v in result["real_ct"].items() if k != "centroids_lps_mm"}))
+    result["summary"] = summarise(result)
+    return result
+
+
+def summarise(result: dict) -> dict:
+    """The figures of a measurement: mean lobe Dice on all held-out anatomy renders and, apart, on
+    those whose annotation passes :func:`m2unet.phantoms.annotations.layout_problems` (a render of
+    a mislabelled map scores agreement with the mislabelling); AUC; Spearman on the unseen look."""
+    from train.anatomy_data import layout_consistent
+    from train.metrics import classification_metrics
+
     anatomy = result["holdout-anatomy"]
     summary: dict = {}
     if anatomy:
-        for key in ("dsc", "dsc_right_upper", "dsc_right_middle", "dsc_right_lower", "dsc_left_upper", "dsc_left_lower"):
+        consistent = layout_consistent({r["annotation"] for r in anatomy})
+        kept = [r for r in anatomy if r["annotation"] in consistent]
+        for key in LOBE_KEYS:
             summary[key] = round(float(np.mean([r[key] for r in anatomy])), 4)
+        for key in LOBE_KEYS:
+            if kept:
+                summary[f"{key}_layout_consistent"] = round(float(np.mean([r[key] for r in kept])), 4)
+        summary["layout_consistent_cases"] = len(kept)
         labels = [r["severe"] for r in anatomy]
         if 0 < sum(labels) < len(labels):
             metrics = classification_metrics(labels, [r["probability_severe"] for r in anatomy], 0.5)
@@ -155,10 +174,7 @@ def measure(predictor, out: Path, limit: int | None, log=print) -> dict:
         labels = [r["severe"] for r in look]
         if 0 < sum(labels) < len(labels):
             summary["auc_crazy_paving"] = round(float(classification_metrics(labels, [r["probability_severe"] for r in look], 0.5)["auc"]), 4)
-    result["real_ct"] = measure_real_ct(predictor, out)
-    log(json.dumps({k: v for k, v in result["real_ct"].items() if k != "centroids_lps_mm"}))
-    result["summary"] = summary
-    return result
+    return summary
 
 
 def cmd_measure(args) -> int:
@@ -179,12 +195,14 @@ LOBE_KEYS = ("dsc", "dsc_right_upper", "dsc_right_middle", "dsc_right_lower", "d
 
 
 def compare(results: dict[str, dict]) -> dict:
-    """Mean lobe Dice per measured weights on the held-out anatomy cases they all scored."""
+    """Mean lobe Dice per measured weights on the held-out anatomy cases they all scored, and the
+    summary figures of each (recomputed: older files predate some of them)."""
     common = set.intersection(*({r["case"] for r in data["holdout-anatomy"]} for data in results.values()))
     table = {}
     for name, data in results.items():
         rows = [r for r in data["holdout-anatomy"] if r["case"] in common]
         table[name] = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in LOBE_KEYS}
+        table[name]["summary"] = summarise(data)
         table[name]["worst_lobe_case"] = round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in rows)), 4)
         table[name]["real_ct_checks_pass"] = data["real_ct"]["all_pass"]
         table[name]["real_ct_probability_severe"] = data["real_ct"]["probability_severe"]

@@ -7,7 +7,7 @@ import pytest
 
 from m2unet.labels import Lobe, SegmentationClass
 from m2unet.phantoms import HELD_OUT, HELD_OUT_FAMILY, TRAINING_FAMILIES, annotation_paths, load_annotation, make_anatomy_phantom
-from m2unet.phantoms.annotations import annotation_name, decode_labels
+from m2unet.phantoms.annotations import Annotation, annotation_name, decode_labels, layout_problems
 from m2unet.phantoms.deform import draw_warp, warp_annotation
 from m2unet.phantoms.lesions import draw_lesions
 from tests.support.paths import SHARED
@@ -100,3 +100,35 @@ def test_training_never_draws_the_held_out_family():
     with pytest.raises(ValueError, match="lesion family"):
         draw_lesions(rng, family="tree_in_bud")
 
+
+
+def _right_lung(middle_at: str) -> Annotation:
+    """A box of right lung (z towards the head, y towards the back): upper lobe on top, lower lobe
+    behind, the middle lobe in front below (anatomy) or elsewhere."""
+    lobes = np.zeros((40, 40, 20), dtype=np.uint8)
+    lobes[20:, :, :] = Lobe.RIGHT_UPPER
+    lobes[:, 20:, :] = Lobe.RIGHT_LOWER
+    if middle_at == "anterior-inferior":
+        lobes[:20, :20, :] = Lobe.RIGHT_MIDDLE
+    elif middle_at == "posterior":  # as held-out chest 32: where the lower lobe's superior segment lies
+        lobes[:20, :20, :] = Lobe.RIGHT_LOWER
+        lobes[20:30, 20:, :] = Lobe.RIGHT_MIDDLE
+    elif middle_at == "apex":  # as held-out chest 07: above the upper lobe's centre
+        lobes[:20, :20, :] = Lobe.RIGHT_UPPER
+        lobes[34:, 10:30, :] = Lobe.RIGHT_MIDDLE
+    return Annotation("crafted", lobes, np.zeros(lobes.shape, bool), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+
+
+def test_the_layout_check_passes_anatomy_and_names_a_misplaced_middle_lobe():
+    assert layout_problems(_right_lung("anterior-inferior")) == []
+    assert any("anterior to the right lower lobe" in p for p in layout_problems(_right_lung("posterior")))
+    assert any("below the right upper lobe" in p for p in layout_problems(_right_lung("apex")))
+    assert layout_problems(Annotation("empty", np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), bool), (1, 1, 1), (0, 0, 0)))
+
+
+def test_the_layout_check_flags_the_two_mislabelled_held_out_maps_and_no_other():
+    """Of the eight held-out maps (the 32 training maps pass too; too slow to read all here)."""
+    paths = annotation_paths(LOBE_MASKS)
+    held = [i for i, p in enumerate(paths) if annotation_name(p) in HELD_OUT]
+    flagged = [i for i in held if layout_problems(load_annotation(paths[i]))]
+    assert flagged == [7, 32]
