@@ -10,6 +10,19 @@ reference: eager forwards of the network (batch norm unfused, contiguous tensors
 one forward per slice of the study, and the Dice of the fast lobe map against the reference's on
 those slices (lobe maps before the clean-up, inside the lung mask, which both share). Random
 weights unless ``--weights``. ``--json`` adds one JSON line with every figure.
+
+Memory: the peak RSS during ``predict`` (the kernel's high-water mark, reset before the call) and
+the process's lifetime peak (``resource.getrusage``); on CUDA the peak GPU memory allocated by
+torch during ``predict`` (``torch.cuda.max_memory_allocated``).
+
+The clean-up: the scipy version (:func:`m2unet.postprocess.postprocess` in
+:func:`~m2unet.postprocess.network_lungs`, on the CPU) and the torch version
+(:func:`m2unet.postprocess_torch.postprocess_tensor`, on ``--device``) are both run on the
+prediction's raw label map, timed (the torch one twice: the first run includes CUDA's warm-up), and
+compared: voxels that differ and the Dice per lobe (``--no-cleanup-check`` skips this).
+
+``--compare-device cpu`` (with ``--device cuda``) predicts the same study on a second device and
+prints its stages and the Dice per lobe of the two lobe maps (CPU against GPU).
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -61,6 +75,29 @@ def peak_rss_mib() -> float:
 
 def rss_mib() -> float:
     return _status_kib("VmRSS") / 1024.0
+
+
+def lifetime_peak_rss_mib() -> float:
+    """The process's peak RSS since it started (``ru_maxrss``, KiB on Linux); cannot be reset."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_gpu(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_mib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 # -- the synthetic study ------------------------------------------------------------------------
@@ -186,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--runtime", default=None, help="auto | torch | onnxruntime")
+    parser.add_argument("--compare-device", default=None,
+                        help="also predict on this device (e.g. cpu with --device cuda): its stages and the lobe Dice")
+    parser.add_argument("--no-cleanup-check", action="store_true",
+                        help="skip the scipy-vs-torch clean-up comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
     args = parser.parse_args(argv)
 
@@ -195,24 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     from m2unet.weights import load_weights, random_weights
 
     device = resolve_device(args.device)
-    defaults = InferenceOptions.for_device(device)
-    options = InferenceOptions(
-        crop_margin=defaults.crop_margin if args.crop_margin is None else (None if args.crop_margin < 0 else args.crop_margin),
-        decoder_margin=defaults.decoder_margin if args.decoder_margin is None else (None if args.decoder_margin < 0 else args.decoder_margin),
-        skip_empty_slices=not args.no_skip,
-        batch_size=args.batch_size or defaults.batch_size,
-        fuse_batch_norm=not args.no_fuse,
-        channels_last=not args.no_channels_last,
-        patch_batch=defaults.patch_batch,
-        runtime=args.runtime or defaults.runtime,
-    )
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights or random_weights(Path(tmp) / "random.pt", seed=0)
         loaded = load_weights(weights, "cpu")
-    kwargs = {} if args.bags is None else {"bags": args.bags}
-    if args.all_bags:
-        kwargs["bag_margin"] = None
-    predictor = Predictor(loaded.model, loaded.metadata, loaded.sha256, device, options=options, **kwargs)
+    options = options_for(device, args)
+    predictor = make_predictor(loaded, device, options, args)
 
     t0 = time.perf_counter()
     volume, source = make_study(args.slices, args.size, args.seed)
@@ -223,23 +251,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"options: {options}, bags {predictor.bags}, runner {predictor.runner.name}, "
           f"preprocessing {predictor.preprocessing}", flush=True)
 
-    before = rss_mib()
-    reset_peak_rss()
-    for _ in range(args.repeat):
-        prediction = predictor.predict(volume, seed=1, keep_raw=True)
-    peak = peak_rss_mib()
+    prediction, run = timed_prediction(predictor, volume, args.repeat)
     t = prediction.timings
-    print("stage seconds: " + ", ".join(f"{k} {t[k]:.2f}" for k in t), flush=True)
     print(f"lung slices {prediction.lung_slices} of {volume.shape[0]}; probability_severe {prediction.probability_severe}, "
           f"per bag {[round(p, 4) for p in prediction.bag_probabilities]}", flush=True)
-    print(f"peak RSS {peak:.0f} MiB (RSS before predict {before:.0f} MiB, volume {volume.hu.nbytes / 2**20:.0f} MiB)", flush=True)
 
     figures = {
         "slices": volume.shape[0], "size": args.size, "source": source, "device": str(predictor.device),
-        "threads": torch.get_num_threads(), "timings": t, "peak_rss_mib": round(peak, 1),
-        "rss_before_mib": round(before, 1), "lung_slices": prediction.lung_slices,
-        "bag_probabilities": list(prediction.bag_probabilities),
+        "threads": torch.get_num_threads(), "timings": t, "peak_rss_mib": run["peak_rss_mib"],
+        "rss_before_mib": run["rss_before_mib"], "peak_gpu_mib": run["peak_gpu_mib"],
+        "lung_slices": prediction.lung_slices, "bag_probabilities": list(prediction.bag_probabilities),
     }
+    if not args.no_cleanup_check and prediction.raw_class_map is not None:
+        figures["cleanup"] = compare_clean_ups(prediction.raw_class_map, volume, predictor.device)
+    if args.compare_device:
+        other_device = resolve_device(args.compare_device)
+        other = make_predictor(loaded, other_device, options_for(other_device, args), args)
+        other_prediction, other_run = timed_prediction(other, volume, 1)
+        figures["compare"] = {"device": str(other_device), "timings": other_prediction.timings, **other_run}
+        if prediction.lobe_map is not None and other_prediction.lobe_map is not None:
+            d = dice(prediction.lobe_map, other_prediction.lobe_map)
+            print(f"Dice {predictor.device} vs {other_device} (lobe maps after the clean-up): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in d.items()), flush=True)
+            figures["compare"]["dice"] = d
+        if prediction.probability_severe is not None:
+            figures["compare"]["probability_severe"] = other_prediction.probability_severe
+            print(f"probability_severe {predictor.device} {prediction.probability_severe:.4f}, "
+                  f"{other_device} {other_prediction.probability_severe:.4f}", flush=True)
+        del other, other_prediction
     n = args.reference_slices
     if n and prediction.raw_class_map is not None:
         lung = _lung_mask_of(volume)
@@ -260,9 +299,80 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.4f}" for k, v in d.items()), flush=True)
         figures.update(reference_seconds_per_slice=per_slice, reference_total=reference_total,
                        ratio=ratio, dice=d, reference_slices=len(chosen))
+    figures["lifetime_peak_rss_mib"] = round(lifetime_peak_rss_mib(), 1)
+    print(f"lifetime peak RSS of the process (getrusage) {figures['lifetime_peak_rss_mib']:.0f} MiB", flush=True)
     if args.json:
         print(json.dumps(figures))
     return 0
+
+
+def options_for(device: torch.device, args: argparse.Namespace) -> InferenceOptions:
+    """The device's default options, overridden by the command line."""
+    defaults = InferenceOptions.for_device(device)
+    runtime = args.runtime or defaults.runtime
+    if device.type == "cuda" and runtime == "onnxruntime":
+        runtime = "torch"  # ONNX Runtime is a CPU option
+    return InferenceOptions(
+        crop_margin=defaults.crop_margin if args.crop_margin is None else (None if args.crop_margin < 0 else args.crop_margin),
+        decoder_margin=defaults.decoder_margin if args.decoder_margin is None else (None if args.decoder_margin < 0 else args.decoder_margin),
+        skip_empty_slices=not args.no_skip,
+        batch_size=args.batch_size or defaults.batch_size,
+        fuse_batch_norm=not args.no_fuse,
+        channels_last=not args.no_channels_last,
+        patch_batch=defaults.patch_batch,
+        runtime=runtime,
+    )
+
+
+def make_predictor(loaded, device: torch.device, options: InferenceOptions, args: argparse.Namespace) -> Predictor:
+    kwargs = {} if args.bags is None else {"bags": args.bags}
+    if args.all_bags:
+        kwargs["bag_margin"] = None
+    return Predictor(loaded.model, loaded.metadata, loaded.sha256, device, options=options, **kwargs)
+
+
+def timed_prediction(predictor: Predictor, volume: Volume, repeat: int):
+    """``repeat`` predictions (the figures of the last) with the memory they took."""
+    device = predictor.device
+    before = rss_mib()
+    reset_peak_rss()
+    reset_peak_gpu(device)
+    for _ in range(repeat):
+        prediction = predictor.predict(volume, seed=1, keep_raw=True)
+    peak, gpu = peak_rss_mib(), peak_gpu_mib(device)
+    t = prediction.timings
+    print(f"[{device}] stage seconds: " + ", ".join(f"{k} {t[k]:.2f}" for k in t), flush=True)
+    print(f"[{device}] peak RSS {peak:.0f} MiB (RSS before predict {before:.0f} MiB, volume {volume.hu.nbytes / 2**20:.0f} MiB)"
+          + ("" if gpu is None else f", peak GPU memory {gpu:.0f} MiB"), flush=True)
+    return prediction, {"peak_rss_mib": round(peak, 1), "rss_before_mib": round(before, 1),
+                        "peak_gpu_mib": None if gpu is None else round(gpu, 1)}
+
+
+def compare_clean_ups(raw: np.ndarray, volume: Volume, device: torch.device) -> dict:
+    """The scipy clean-up on the CPU against the torch clean-up on ``device``, on one raw map."""
+    from m2unet.postprocess import network_lungs, postprocess
+    from m2unet.postprocess_torch import postprocess_tensor
+
+    start = time.perf_counter()
+    expected = postprocess(raw, network_lungs(raw), volume.spacing)
+    scipy_seconds = time.perf_counter() - start
+    seconds = []
+    reset_peak_gpu(device)
+    for _ in range(2):
+        start = time.perf_counter()
+        got = postprocess_tensor(torch.from_numpy(raw).to(device), volume.spacing).cpu().numpy()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    gpu = peak_gpu_mib(device)
+    differing = int((got != expected).sum())
+    d = dice(to_lobe_map(got), to_lobe_map(expected))
+    print(f"clean-up: scipy (CPU) {scipy_seconds:.2f} s; torch ({device}) {seconds[0]:.2f} s first, {seconds[1]:.2f} s second"
+          + ("" if gpu is None else f", peak GPU memory {gpu:.0f} MiB")
+          + f"; voxels differing {differing} of {raw.size} ({int((expected != raw).sum())} changed by the clean-up)", flush=True)
+    print("Dice torch vs scipy clean-up: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items()), flush=True)
+    return {"scipy_seconds": scipy_seconds, "torch_seconds": seconds, "torch_device": str(device),
+            "peak_gpu_mib": None if gpu is None else round(gpu, 1), "voxels_differing": differing,
+            "voxels_changed_by_cleanup": int((expected != raw).sum()), "dice": d}
 
 
 def _lung_mask_of(volume: Volume) -> np.ndarray:

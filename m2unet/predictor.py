@@ -338,7 +338,14 @@ class Predictor:
     def clean_up(self, volume: Volume, class_map: np.ndarray) -> np.ndarray:
         """The clean-up of :func:`m2unet.postprocess.postprocess` inside the network's own lungs
         (:func:`m2unet.postprocess.network_lungs`, consolidation included, which the HU mask would
-        cut away): one component per class, enclosed cavities filled from the nearest label."""
+        cut away): one component per class, enclosed cavities filled from the nearest label. On
+        CUDA the same clean-up runs on the device (:func:`m2unet.postprocess_torch.postprocess_tensor`,
+        the same labels), the map moved there once."""
+        if self.device.type == "cuda":
+            from m2unet.postprocess_torch import postprocess_tensor
+
+            raw = torch.from_numpy(np.ascontiguousarray(class_map, dtype=np.uint8)).to(self.device)
+            return postprocess_tensor(raw, volume.spacing).cpu().numpy()
         return np.asarray(postprocess(class_map, network_lungs(class_map), volume.spacing), dtype=np.uint8)
 
     def segment(self, volume: Volume, lung_mask: np.ndarray) -> np.ndarray:
