@@ -1,12 +1,16 @@
 """The training loop: a plain, readable loop with the recipe's optimiser, schedule and loss.
 
-One step draws ``bags_per_step`` bags (per process) from the epoch's case order (severe cases
-duplicated), runs M2UNet, and applies ``loss = lambda * MIL + (CE + Dice)``. The learning rate
-follows the 'poly' schedule ``lr * (1 - step / total) ** power`` (after an optional linear warm-up).
-Mixed precision: float16 autocast with a gradient scaler on CUDA, optional bfloat16 autocast on
-the CPU. Every ``checkpoint_every`` epochs (and every ``checkpoint_minutes``) the model, optimiser,
-scaler, step and history go to ``out_dir/checkpoint.pt``; a run started again with the same
-``out_dir`` resumes there. ``out_dir/recipe.json`` holds the recipe. With validation cases, each
+One step takes ``bags_per_step`` bags (per process) drawn from the epoch's case order (severe
+cases duplicated) by :mod:`train.loader` (in ``recipe.loader_workers`` worker processes, or in this
+one), runs M2UNet, and applies ``loss = lambda * MIL + (CE + Dice)``. The loop itself reads nothing
+back from the device between steps: batches are copied without blocking, the losses are summed on
+the device and read once an epoch (and every ``PROGRESS_EVERY`` steps for the progress bar), and on
+CUDA the fused optimiser skips an overflowed float16 step by itself. The learning rate follows the
+'poly' schedule ``lr * (1 - step / total) ** power`` (after an optional linear warm-up). Mixed
+precision: float16 autocast with a gradient scaler on CUDA, optional bfloat16 autocast on the CPU.
+Every ``checkpoint_every`` epochs (and every ``checkpoint_minutes``) the model, optimiser, scaler,
+step and history go to ``out_dir/checkpoint.pt``; a run started again with the same ``out_dir``
+resumes there. ``out_dir/recipe.json`` holds the recipe. With validation cases, each
 ``validate_every`` epochs is scored, and the state chosen by ``recipe.selection`` is kept in
 ``out_dir/selected.pt``.
 """
@@ -20,25 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import structlog
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from m2unet.losses import Losses
 from m2unet.model import M2UNet
 from m2unet.preprocessing import PreprocessingConfig
 from train.augment import random_affine
 from train.distributed import SINGLE, DistributedContext, all_reduce_max, all_reduce_mean, barrier
+from train.loader import BagFeed
 from train.objective import loss_figures, objective
 from train.prepared import PreparedCase
 from train.recipe import Recipe
-from train.sampling import balanced_case_order, collate, draw_bag
 
 log = structlog.get_logger()
 
 CHECKPOINT = "checkpoint.pt"
 SELECTED = "selected.pt"
 RECIPE = "recipe.json"
+PROGRESS_EVERY = 20  # steps between the progress bar's loss readings (each waits for the device)
 
 
 def preprocessing_config(recipe: Recipe, *, inference: bool = False) -> PreprocessingConfig:
@@ -60,12 +65,16 @@ def poly_learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     return recipe.learning_rate * (1.0 - progress) ** recipe.poly_power
 
 
-def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser; ``fused`` (CUDA) also lets the gradient scaler skip a step on
+    overflow on the device instead of reading the overflow flag back every step."""
+    options = {"fused": True} if fused else {}
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+            model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+            **options,
         )
-    return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay, **options)
 
 
 def steps_per_epoch(recipe: Recipe, num_cases: int, world_size: int = 1) -> int:
@@ -93,16 +102,26 @@ def _autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _case_order(recipe: Recipe, cases: list[PreparedCase], epoch: int, steps: int, world: DistributedContext) -> list[int]:
-    """This process's case indices for ``epoch``: the same shuffled balanced order on every rank
-    (seeded by seed and epoch), repeated to fill the epoch, dealt out by rank."""
-    rng = np.random.default_rng([recipe.seed, epoch, 7])
-    needed = steps * recipe.bags_per_step * world.world_size
-    order: list[int] = []
-    while len(order) < needed:
-        order += balanced_case_order([c.severe for c in cases], recipe.duplicate_severe, rng)
-    order = order[:needed]
-    return order[world.rank :: world.world_size]
+def _summed(running: Losses | None, terms: Losses) -> Losses:
+    """``running + terms`` on the device (float64, as the history's sums were in Python floats)."""
+    def add(total: torch.Tensor | None, term: torch.Tensor | None) -> torch.Tensor | None:
+        if term is None:
+            return total
+        term = term.detach().double()
+        return term if total is None else total + term
+
+    running = running or Losses(None, None, None)
+    return Losses(add(running.total, terms.total), add(running.mil, terms.mil),
+                  add(running.segmentation, terms.segmentation))
+
+
+def same_recipe(stored: dict | None, recipe: Recipe) -> bool:
+    """Whether a checkpoint's recipe is ``recipe``; a setting added to :class:`Recipe` after the
+    checkpoint was written counts as holding its default there (so a run resumes across it)."""
+    if not isinstance(stored, dict):
+        return False
+    current, defaults = recipe.to_dict(), Recipe().to_dict()
+    return set(stored) <= set(current) and all(stored.get(k, defaults[k]) == v for k, v in current.items())
 
 
 def fit(
@@ -135,7 +154,7 @@ def fit(
     model = M2UNet(recipe.variant).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # faster with oneDNN, as the predictor runs it
-    optimizer = make_optimizer(recipe, model)
+    optimizer = make_optimizer(recipe, model, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and recipe.amp)
     per_epoch = steps_per_epoch(recipe, len(cases), world.world_size)
     total_steps = per_epoch * recipe.epochs
@@ -148,7 +167,7 @@ def fit(
     checkpoint_path = out_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("recipe") != recipe.to_dict():
+        if not same_recipe(state.get("recipe"), recipe):
             raise ValueError(
                 f"{checkpoint_path}: the checkpoint was written with another recipe; "
                 "use a new output folder or the same recipe"
@@ -170,7 +189,8 @@ def fit(
     if world.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    config = preprocessing_config(recipe)
+    feed = BagFeed(recipe, cases, preprocessing_config(recipe), per_epoch, world=world,
+                   pin_memory=device.type == "cuda")
     augment = torch.Generator().manual_seed(recipe.seed * 1000 + world.rank)
     bar = None
     if progress and world.is_main:
@@ -214,11 +234,9 @@ def fit(
             if out_of_time:
                 break
             net.train()
-            order = _case_order(recipe, cases, epoch, per_epoch, world)
-            rng = np.random.default_rng([recipe.seed, epoch, world.rank, 11])
             # an epoch interrupted mid-way restarts at its beginning: skip nothing, redo it
             step = epoch * per_epoch
-            running: dict[str, float] = {}
+            running: Losses | None = None
             started = time.monotonic()
             done_steps = 0
             for i in range(per_epoch):
@@ -226,19 +244,15 @@ def fit(
                 if budget and done_fraction >= 1.0:
                     out_of_time = True  # the time budget is spent: the schedule has reached its end
                     break
-                picks = order[i * recipe.bags_per_step : (i + 1) * recipe.bags_per_step]
-                bags = [draw_bag(cases[j], config, rng, recipe.bag_size, recipe.intensity_jitter_hu) for j in picks]
-                images, severity, targets, has_mask = collate(bags)
-                images, severity, has_mask = images.to(device), severity.to(device), has_mask.to(device)
-                targets = targets.to(device) if targets is not None else None
-                images, targets = random_affine(images, targets, scale_jitter=recipe.scale_jitter,
+                batch = feed.batch(epoch, i).to(device)
+                images, targets = random_affine(batch.images, batch.targets, scale_jitter=recipe.scale_jitter,
                                                 rotation_jitter_deg=recipe.rotation_jitter_deg, generator=augment)
                 lr = poly_learning_rate(recipe, round(done_fraction * total_steps), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with _autocast(recipe, device):
                     output = net(images)
-                terms = objective(output, severity, targets, has_mask, recipe.mil_weight)
+                terms = objective(output, batch.severity, targets, batch.has_mask, recipe.mil_weight)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(terms.total).backward()
                 if recipe.grad_clip:
@@ -248,15 +262,17 @@ def fit(
                 scaler.update()
                 step += 1
                 done_steps += 1
-                for key, value in loss_figures(terms).items():
-                    running[key] = running.get(key, 0.0) + value
+                running = _summed(running, terms)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{running['loss'] / (i + 1):.4f}", lr=f"{lr:.2e}")
+                    if done_steps % PROGRESS_EVERY == 0 or i + 1 == per_epoch:
+                        mean_loss = float(running.total) / done_steps
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 if checkpoint_minutes and time.monotonic() - last_checkpoint > 60 * checkpoint_minutes:
                     save_checkpoint(epoch)  # resumes at this epoch's start
                     last_checkpoint = time.monotonic()
-            record = {k: all_reduce_mean(v / max(done_steps, 1), world) for k, v in running.items()}
+            sums = loss_figures(running) if running is not None else {}  # the epoch's one read of the device
+            record = {k: all_reduce_mean(v / max(done_steps, 1), world) for k, v in sums.items()}
             record.update(epoch=epoch + 1, step=step, seconds=round(time.monotonic() - started, 1), lr=lr)
             if validation and validate is not None and ((epoch + 1) % recipe.validate_every == 0 or epoch + 1 == recipe.epochs):
                 if world.is_main:
@@ -278,6 +294,7 @@ def fit(
             if on_epoch_end is not None and world.is_main:
                 on_epoch_end(model, record)
     finally:
+        feed.close()
         if bar is not None:
             bar.close()
 

@@ -66,6 +66,7 @@ class Recipe:
     amp: bool = True  # mixed precision on GPU (float16 autocast + grad scaler)
     cpu_bfloat16: bool = False  # bfloat16 autocast on CPU
     num_threads: int | None = None  # torch threads on CPU; None: torch's default
+    loader_workers: int = 0  # processes drawing the bags ahead of the steps (train.loader); 0: the training process
     checkpoint_every: int = 1  # epochs
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +131,8 @@ def validate_recipe(recipe: Recipe) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"{name} must be positive, got {value!r}")
+    if recipe.loader_workers < 0:
+        raise ValueError(f"loader_workers must be >= 0, got {recipe.loader_workers!r}")
     if recipe.time_budget_minutes is not None and not recipe.time_budget_minutes > 0:
         raise ValueError(f"time_budget_minutes must be positive or None, got {recipe.time_budget_minutes!r}")
     if recipe.steps_per_epoch is not None and recipe.steps_per_epoch < 1:
