@@ -214,6 +214,7 @@ GPU_DEMO = Recipe(
     rotation_jitter_deg=10.0,
     inference_bag_size=48,
     num_threads=2,
+    loader_workers=6,  # bags drawn beside the GPU (the lent machine has 16 cores), one per bag of a step
     notes="demo preset for one lent GPU; synthetic phantoms only",
 )
 
