@@ -155,8 +155,8 @@ def summarise(result: dict) -> dict:
     anatomy = result["holdout-anatomy"]
     summary: dict = {}
     if anatomy:
-        consistent = layout_consistent({r["annotation"] for r in anatomy})
-        kept = [r for r in anatomy if r["annotation"] in consistent]
+        consistent = layout_consistent({r.get("annotation") for r in anatomy})
+        kept = [r for r in anatomy if r.get("annotation") in consistent]
         for key in LOBE_KEYS:
             summary[key] = round(float(np.mean([r[key] for r in anatomy])), 4)
         for key in LOBE_KEYS:
@@ -167,7 +167,7 @@ def summarise(result: dict) -> dict:
         if 0 < sum(labels) < len(labels):
             metrics = classification_metrics(labels, [r["probability_severe"] for r in anatomy], 0.5)
             summary["auc_holdout_anatomy"] = round(float(metrics["auc"]), 4)
-    look = result["holdout-look"]
+    look = result.get("holdout-look", [])
     if look:
         summary["spearman_probability_vs_score_crazy_paving"] = round(
             _spearman([r["ct_severity_score"] for r in look], [r["probability_severe"] for r in look]), 4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from m2unet.phantoms import HELD_OUT, annotation_name, split_annotations
 from train.anatomy_data import forced_severity, training_seed
 from train.anatomy_run import LOBE_KEYS, compare
@@ -9,7 +11,7 @@ from tests.support.paths import SHARED
 
 
 def _row(case, value):
-    return {"case": case, **{k: value for k in LOBE_KEYS}}
+    return {"case": case, "severe": False, "probability_severe": 0.01, **{k: value for k in LOBE_KEYS}}
 
 
 def test_compare_uses_only_the_cases_every_weights_file_scored():
@@ -22,6 +24,9 @@ def test_compare_uses_only_the_cases_every_weights_file_scored():
     assert table["cases"] == 2
     assert table["mean"]["old"]["dsc"] == 0.6 and table["mean"]["new"]["dsc"] == 0.9  # "c" left out
     assert table["mean"]["old"]["worst_lobe_case"] == 0.5
+    # each file's own summary covers all its renders; rows naming no annotation are not layout-checked
+    assert table["mean"]["new"]["summary"]["dsc"] == pytest.approx(0.6333, abs=1e-4)
+    assert table["mean"]["new"]["summary"]["layout_consistent_cases"] == 0
 
 
 def test_seeds_and_severity_are_fixed_and_about_two_in_five_severe():
