@@ -17,6 +17,7 @@ Three sets, fixed from the start and never mixed:
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -50,11 +51,18 @@ def annotation_index() -> list[tuple[int, Path, bool]]:
 def layout_consistent(names: set[str]) -> set[str]:
     """Those of the annotation ``names`` whose label map passes
     :func:`m2unet.phantoms.annotations.layout_problems`."""
-    from m2unet.phantoms import annotation_name, load_annotation
+    from m2unet.phantoms import annotation_name
+
+    return {annotation_name(p) for _, p, _ in annotation_index() if annotation_name(p) in names and _layout_passes(p)}
+
+
+@functools.lru_cache(maxsize=None)
+def _layout_passes(path: Path) -> bool:
+    """One read of each label map per process (``compare`` summarises several results files)."""
+    from m2unet.phantoms import load_annotation
     from m2unet.phantoms.annotations import layout_problems
 
-    return {annotation_name(p) for _, p, _ in annotation_index()
-            if annotation_name(p) in names and not layout_problems(load_annotation(p))}
+    return not layout_problems(load_annotation(path))
 
 
 def render_training(out: Path, per_annotation: int, config: PreprocessingConfig, first: int = 0, log=print) -> int:
