@@ -29,6 +29,13 @@ LAMBDA = 0.01  # Eq. (5), Section III-E
 DICE_EPS = 1e-6
 
 
+def _on_host(labels: torch.Tensor) -> bool:
+    """Whether reading ``labels`` costs no device sync. Labels on an accelerator are not read back
+    each step for the range checks (CUDA's cross-entropy and one-hot refuse out-of-range labels on
+    their own)."""
+    return labels.device.type == "cpu"
+
+
 def mil_loss(severity_logits: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
     """Eq. (3): cross-entropy of ``[B, 2]`` logits against labels ``[B]`` (1 = severe)."""
     if severity_logits.ndim != 2 or severity_logits.shape[1] != 2:
@@ -36,7 +43,7 @@ def mil_loss(severity_logits: torch.Tensor, severity: torch.Tensor) -> torch.Ten
     severity = torch.as_tensor(severity, device=severity_logits.device).long().reshape(-1)
     if severity.shape[0] != severity_logits.shape[0]:
         raise ValueError(f"{severity.shape[0]} severity labels for {severity_logits.shape[0]} bags")
-    if severity.numel() and (severity.min() < 0 or severity.max() > 1):
+    if _on_host(severity) and severity.numel() and (severity.min() < 0 or severity.max() > 1):
         raise ValueError(f"severity labels must be 0 or 1, got {severity.tolist()}")
     return F.cross_entropy(severity_logits.float(), severity)
 
@@ -51,8 +58,8 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     intersection = (probabilities * one_hot).sum(dims)
     denominator = probabilities.sum(dims) + one_hot.sum(dims)
     dice = (2 * intersection + DICE_EPS) / (denominator + DICE_EPS)
-    present = one_hot.sum(dims) > 0
-    return 1 - dice[present].mean()
+    present = (one_hot.sum(dims) > 0).to(dice.dtype)
+    return 1 - (dice * present).sum() / present.sum().clamp(min=1)  # no boolean index: no host sync
 
 
 def segmentation_loss(segmentation_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,7 @@ def segmentation_loss(segmentation_logits: torch.Tensor, masks: torch.Tensor) ->
             f"masks of shape {tuple(masks.shape)} do not fit logits of shape {tuple(segmentation_logits.shape)}"
         )
     num_classes = segmentation_logits.shape[1]
-    if masks.numel() and (masks.min() < 0 or masks.max() >= num_classes):
+    if _on_host(masks) and masks.numel() and (masks.min() < 0 or masks.max() >= num_classes):
         raise ValueError(f"mask labels must lie in 0..{num_classes - 1}, got {int(masks.min())}..{int(masks.max())}")
     cross_entropy = F.cross_entropy(segmentation_logits.float(), masks)
     return cross_entropy + dice_loss(segmentation_logits, masks)
@@ -109,7 +116,8 @@ def m2unet_loss(
         batch = seg_logits.shape[0]
         if has_mask is None:
             has_mask = torch.full((batch,), masks is not None, dtype=torch.bool)
-        has_mask = torch.as_tensor(has_mask, dtype=torch.bool, device=seg_logits.device).reshape(-1)
+        # which cases carry masks decides the graph's shape: read on the host (StepBatch keeps it there)
+        has_mask = torch.as_tensor(has_mask, dtype=torch.bool).cpu().reshape(-1)
         if has_mask.shape[0] != batch:
             raise ValueError(f"has_mask has {has_mask.shape[0]} entries for {batch} cases")
         if bool(has_mask.any()):
@@ -117,8 +125,12 @@ def m2unet_loss(
                 raise ValueError("has_mask marks cases with masks but masks is None")
             if masks.shape[0] != batch:
                 raise ValueError(f"masks has {masks.shape[0]} cases for {batch}")
-            logits = seg_logits[has_mask].flatten(0, 1)
-            segmentation = segmentation_loss(logits, masks.to(seg_logits.device)[has_mask].flatten(0, 1))
+            masks = masks.to(seg_logits.device)
+            logits = seg_logits
+            if not bool(has_mask.all()):
+                chosen = has_mask.nonzero().reshape(-1).to(seg_logits.device, non_blocking=True)
+                logits, masks = logits.index_select(0, chosen), masks.index_select(0, chosen)
+            segmentation = segmentation_loss(logits.flatten(0, 1), masks.flatten(0, 1))
         else:
             segmentation = seg_logits.reshape(-1)[:0].sum()  # no annotated case: 0 on the graph, never NaN
 

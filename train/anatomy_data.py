@@ -65,10 +65,13 @@ def _layout_passes(path: Path) -> bool:
     return not layout_problems(load_annotation(path))
 
 
-def render_training(out: Path, per_annotation: int, config: PreprocessingConfig, first: int = 0, log=print) -> int:
+def render_training(
+    out: Path, per_annotation: int, config: PreprocessingConfig, first: int = 0,
+    severe_share: float = SEVERE_SHARE, log=print,
+) -> int:
     """Render ``per_annotation`` cases (k = first .. first + per_annotation - 1) of each training
     annotation into the cache, round-robin over annotations so that a partial cache covers all
-    chests; returns the number written."""
+    chests; ``severe_share`` of them (by seed) are forced severe. Returns the number written."""
     from m2unet.phantoms import load_annotation, make_anatomy_phantom
     from train.prepared import prepare_case, save_prepared
 
@@ -86,7 +89,7 @@ def render_training(out: Path, per_annotation: int, config: PreprocessingConfig,
             annotation = cache.get(i) or load_annotation(path)
             cache[i] = annotation  # 32 decoded chests: about 4 GB
             seed = training_seed(i, k)
-            phantom = make_anatomy_phantom(annotation, seed, severity=forced_severity(seed))
+            phantom = make_anatomy_phantom(annotation, seed, severity=forced_severity(seed, severe_share))
             case = prepare_case(target.stem, phantom.volume, phantom.class_map, phantom.severe, config)
             save_prepared(case, target)
             written += 1

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.anatomy_data import native_cases, new_cases_loader, render_holdout, render_training
+from train.anatomy_data import SEVERE_SHARE, native_cases, new_cases_loader, render_holdout, render_training
 
 SHIPPED = Path(__file__).resolve().parents[1] / "m2unet" / "weights" / "m2unet-demo.pt"
 
@@ -35,7 +35,7 @@ def cmd_render(args) -> int:
     from train.recipe import ANATOMY_CPU
 
     render_training(Path(args.out), args.per_annotation, preprocessing_config(ANATOMY_CPU), first=args.first,
-                    log=lambda m: print(m, flush=True))
+                    severe_share=args.severe_share, log=lambda m: print(m, flush=True))
     return 0
 
 
@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--per-annotation", type=int, default=3)
     p.add_argument("--first", type=int, default=0)
+    p.add_argument("--severe-share", type=float, default=SEVERE_SHARE,
+                   help=f"share of the cases forced severe (default {SEVERE_SHARE})")
     p.set_defaults(run=cmd_render)
     p = sub.add_parser("holdout", help="render the held-out anatomy and look sets")
     p.add_argument("--out", required=True)

@@ -51,7 +51,9 @@ def random_affine(
     theta = torch.zeros(count, 2, 3, dtype=torch.float64)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    grid = F.affine_grid(theta.to(torch.float32), [count, 1, height, width], align_corners=False).to(images.device)
+    # only the 2 x 3 matrices cross to the device; the grid is built where the patches are
+    theta = theta.to(device=images.device, dtype=torch.float32, non_blocking=True)
+    grid = F.affine_grid(theta, [count, 1, height, width], align_corners=False)
     flat = images.reshape(count, 1, height, width)
     warped = F.grid_sample(flat.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     warped_images = warped.to(images.dtype).reshape(images.shape)

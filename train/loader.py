@@ -79,11 +79,13 @@ class StepBatch(NamedTuple):
     has_mask: torch.Tensor
 
     def to(self, device: torch.device) -> "StepBatch":
-        """The batch on ``device``; the copies do not block (from pinned memory they overlap the step)."""
+        """The batch on ``device``; the copies do not block (from pinned memory they overlap the step).
+        ``has_mask`` stays on the host: it decides which patches the loss reads, and reading it there
+        costs no device sync."""
         def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.to(device, non_blocking=True)
 
-        return StepBatch(self.step, move(self.images), move(self.severity), move(self.targets), move(self.has_mask))
+        return StepBatch(self.step, move(self.images), move(self.severity), move(self.targets), self.has_mask)
 
 
 def case_order(

@@ -119,3 +119,21 @@ def test_gradients_of_the_full_loss_reach_every_block():
                  "decoding_block1.weight", "encoding_block1.0.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("has_mask", [[True, True], [True, False]])
+def test_loss_on_a_device_reads_nothing_back(has_mask):
+    """Tensors on the meta device hold no values: any read of one (a label check, a boolean index)
+    raises, so the loss on a device costs no host sync per step; has_mask stays on the host."""
+    out = M2UNetOutput(severity_logits=torch.randn(2, 2, device="meta"),
+                       segmentation_logits=torch.randn(2, 3, 7, 4, 4, device="meta"))
+    masks = torch.zeros(2, 3, 4, 4, dtype=torch.long, device="meta")
+    losses = m2unet_loss(out, torch.zeros(2, dtype=torch.long, device="meta"), masks, torch.tensor(has_mask))
+    assert losses.total.device.type == "meta" and losses.total.shape == ()
+
+
+def test_dice_averages_over_present_classes_without_indexing():
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = 50.0  # confident and right on both pixels
+    masks = torch.tensor([[[0, 1]]])
+    assert dice_loss(logits, masks).item() == pytest.approx(0.0, abs=1e-5)  # class 2 absent: not counted

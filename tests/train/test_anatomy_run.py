@@ -34,6 +34,9 @@ def test_seeds_and_severity_are_fixed_and_about_two_in_five_severe():
     labels = [forced_severity(s) for s in range(2000)]
     assert labels == [forced_severity(s) for s in range(2000)]
     assert 0.35 < labels.count("severe") / 2000 < 0.45
+    richer = [forced_severity(s, 0.6) for s in range(2000)]
+    assert 0.55 < richer.count("severe") / 2000 < 0.65  # render --severe-share
+    assert all(r == "severe" for r, l in zip(richer, labels) if l == "severe")  # a case only turns severe
 
 
 def test_the_held_out_chests_are_never_in_the_training_split():
