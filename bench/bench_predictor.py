@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fuse", action="store_true", help="keep batch norm unfused")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--runtime", default=None, help="auto | torch | onnxruntime")
+    parser.add_argument("--bfloat16-trunk", action="store_true", help="CPU: the trunk in bfloat16")
     parser.add_argument("--compare-device", default=None,
                         help="also predict on this device (e.g. cpu with --device cuda): its stages and the lobe Dice")
     parser.add_argument("--no-cleanup-check", action="store_true",
@@ -321,6 +322,7 @@ def options_for(device: torch.device, args: argparse.Namespace) -> InferenceOpti
         channels_last=not args.no_channels_last,
         patch_batch=defaults.patch_batch,
         runtime=runtime,
+        bfloat16_trunk=args.bfloat16_trunk and device.type == "cpu",
     )
 
 

@@ -91,7 +91,9 @@ class InferenceOptions:
     the network; ``batch_size``: slices per forward; ``fuse_batch_norm`` and ``channels_last``: the
     network's layout; ``patch_batch``: bag patches per encoder forward; ``runtime``: ``torch`` (the
     default), ``onnxruntime`` (CPU only; 1.1-1.35x faster here, 3-6 s of export when the predictor
-    is built) or ``auto`` (ONNX Runtime on the CPU when it is installed, else torch).
+    is built) or ``auto`` (ONNX Runtime on the CPU when it is installed, else torch);
+    ``bfloat16_trunk``: on the CPU with torch, the encoder and decoding blocks 5-4 in bfloat16
+    (faster where the CPU has BF16 units; labels change slightly, see the document).
     """
 
     crop_margin: int | None = 96
@@ -102,6 +104,7 @@ class InferenceOptions:
     channels_last: bool = True
     patch_batch: int = 50
     runtime: str = "torch"
+    bfloat16_trunk: bool = False
 
     def __post_init__(self) -> None:
         for name in ("crop_margin", "decoder_margin"):
@@ -220,7 +223,8 @@ class Predictor:
         self.network = prepare_network(
             model, self.device, fuse_batch_norm=self.options.fuse_batch_norm, channels_last=self.options.channels_last
         )
-        self.runner = make_runner(self.network, self.device, self.options.runtime, self.options.channels_last)
+        self.runner = make_runner(self.network, self.device, self.options.runtime, self.options.channels_last,
+                                  bfloat16_trunk=self.options.bfloat16_trunk)
 
     @classmethod
     def from_weights(

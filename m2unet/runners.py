@@ -156,10 +156,14 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, network: M2UNet, device: torch.device, policy: PrecisionPolicy, channels_last: bool) -> None:
+    def __init__(
+        self, network: M2UNet, device: torch.device, policy: PrecisionPolicy, channels_last: bool,
+        bfloat16_trunk: bool = False,
+    ) -> None:
         self.device = device
         self.policy = policy
         self.channels_last = channels_last
+        self.bfloat16_trunk = bfloat16_trunk
         self.parts = {"trunk": Trunk(network).eval(), "encoder": Encoder(network).eval()}
         if network.has_decoder:
             self.parts["block3"] = RegionBlock(network.decoding_block3).eval()
@@ -180,8 +184,17 @@ class TorchRunner:
         return tensor
 
     def __call__(self, name: str, *inputs):
+        if name == "trunk" and self.bfloat16_trunk:
+            return self._trunk_bfloat16(*inputs)
         with torch.inference_mode(), self.policy.autocast():
             return self.parts[name](*(self.tensor(x) for x in inputs))
+
+    def _trunk_bfloat16(self, images):
+        """The trunk under bfloat16 autocast (the CPU's AVX-512 BF16 or AMX units), its outputs back
+        in float32 so that the finer decoding blocks, where the labels are decided, run as before."""
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            outputs = self.parts["trunk"](self.tensor(images))
+        return tuple(t.float() for t in outputs)
 
 
 class OnnxRunner:
@@ -257,11 +270,15 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def make_runner(network: M2UNet, device: torch.device, runtime: str, channels_last: bool) -> TorchRunner | OnnxRunner:
+def make_runner(
+    network: M2UNet, device: torch.device, runtime: str, channels_last: bool, bfloat16_trunk: bool = False
+) -> TorchRunner | OnnxRunner:
     """The runner ``runtime`` names (:data:`RUNTIMES`) for ``network`` (from :func:`prepare_network`)
     on ``device``: ``torch``, ``onnxruntime`` (CPU only; ``ValueError`` on another device or when
     the packages are missing) or ``auto`` (ONNX Runtime on the CPU when it is installed, else
-    torch)."""
+    torch). ``bfloat16_trunk`` (torch on the CPU only) runs the trunk under bfloat16 autocast."""
+    if bfloat16_trunk and (device.type != "cpu" or runtime == "onnxruntime"):
+        raise ValueError("bfloat16_trunk is a CPU option of the torch runtime (CUDA runs float16 throughout)")
     if runtime == "auto":
         runtime = "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
     if runtime == "onnxruntime":
@@ -270,7 +287,7 @@ def make_runner(network: M2UNet, device: torch.device, runtime: str, channels_la
         if not onnxruntime_available():
             raise ValueError("runtime 'onnxruntime' needs the packages onnxruntime and onnx, which are not installed")
         return OnnxRunner(network, channels_last=channels_last)
-    return TorchRunner(network, device, precision_policy(device), channels_last)
+    return TorchRunner(network, device, precision_policy(device), channels_last, bfloat16_trunk=bfloat16_trunk)
 
 
 __all__ = [

@@ -134,7 +134,9 @@ def measure(predictor, out: Path, limit: int | None, log=print) -> dict:
             row = {"case": case["name"], "annotation": case["annotation"], "family": case["family"],
                    "thickness": case["thickness"], "severe": case["severe"], "ct_severity_score": case["score"],
                    "involvement_mean": round(float(np.mean(case["involvement"])), 2),
-                   "probability_severe": round(float(prediction.probability_severe), 4),
+                   # significant digits, not decimals: the ranks (Spearman) of the many
+                   # near-zero probabilities of mild cases survive
+                   "probability_severe": float(f"{float(prediction.probability_severe):.4g}"),
                    "seconds": round(time.monotonic() - started, 1), **{k: round(v, 4) for k, v in seg.items()}}
             rows.append(row)
             log(json.dumps(row))

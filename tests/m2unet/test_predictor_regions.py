@@ -92,3 +92,24 @@ def test_nested_decoder_equals_the_whole_forward_inside_its_boxes(network):
         np.testing.assert_array_equal(got[sure], want[sure])
     whole = segment_region(runner, images.numpy(), (0, 96, 0, 128))
     np.testing.assert_array_equal(whole[decided], expected[decided])
+
+
+def test_bfloat16_trunk_keeps_nearly_every_label_and_is_a_cpu_torch_option(network):
+    from m2unet.runners import make_runner
+
+    generator = torch.Generator().manual_seed(7)
+    images = torch.rand(2, 1, 96, 128, generator=generator).numpy() * 255.0
+    with torch.inference_mode():
+        logits = network.segment(torch.from_numpy(images))
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]).numpy() > 0.2  # random weights: many pixels are near-ties
+    cpu = torch.device("cpu")
+    exact = segment_region(make_runner(network, cpu, "torch", True), images, (0, 96, 0, 128))
+    runner = make_runner(network, cpu, "torch", True, bfloat16_trunk=True)
+    skips = runner("trunk", images)
+    assert all(t.dtype == torch.float32 for t in skips)  # the finer blocks run in float32
+    fast = segment_region(runner, images, (0, 96, 0, 128))
+    assert fast.shape == exact.shape and clear.mean() > 0.2
+    assert (fast == exact)[clear].mean() > 0.98  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(ValueError, match="CPU option"):
+        make_runner(network, cpu, "onnxruntime", True, bfloat16_trunk=True)
