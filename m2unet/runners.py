@@ -276,11 +276,13 @@ def make_runner(
     """The runner ``runtime`` names (:data:`RUNTIMES`) for ``network`` (from :func:`prepare_network`)
     on ``device``: ``torch``, ``onnxruntime`` (CPU only; ``ValueError`` on another device or when
     the packages are missing) or ``auto`` (ONNX Runtime on the CPU when it is installed, else
-    torch). ``bfloat16_trunk`` (torch on the CPU only) runs the trunk under bfloat16 autocast."""
+    torch; torch when ``bfloat16_trunk`` is asked). ``bfloat16_trunk`` (torch on the CPU only) runs
+    the trunk under bfloat16 autocast."""
     if bfloat16_trunk and (device.type != "cpu" or runtime == "onnxruntime"):
         raise ValueError("bfloat16_trunk is a CPU option of the torch runtime (CUDA runs float16 throughout)")
     if runtime == "auto":
-        runtime = "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
+        onnx = device.type == "cpu" and onnxruntime_available() and not bfloat16_trunk
+        runtime = "onnxruntime" if onnx else "torch"
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError(f"runtime 'onnxruntime' runs on the CPU only, not on device {device}")
