@@ -27,16 +27,26 @@ import numpy as np
 
 from train.anatomy_data import SEVERE_SHARE, native_cases, new_cases_loader, render_holdout, render_training
 
+WINDOW_HIGH_HELP = ("top of the intensity window in HU (the preset's unless given); render and fit must agree, "
+                    "and weights of another window are carried over (train.rewindow)")
 SHIPPED = Path(__file__).resolve().parents[1] / "m2unet" / "weights" / "m2unet-demo.pt"
 
 
 def cmd_render(args) -> int:
     from train.fit import preprocessing_config
-    from train.recipe import ANATOMY_CPU
 
-    render_training(Path(args.out), args.per_annotation, preprocessing_config(ANATOMY_CPU), first=args.first,
+    render_training(Path(args.out), args.per_annotation, preprocessing_config(anatomy_recipe(args)), first=args.first,
                     severe_share=args.severe_share, log=lambda m: print(m, flush=True))
     return 0
+
+
+def anatomy_recipe(args):
+    """The ``anatomy-cpu`` preset with the window's top (``--window-high``) given on the command line."""
+    from train.recipe import ANATOMY_CPU
+
+    if args.window_high is None:
+        return ANATOMY_CPU
+    return ANATOMY_CPU.replace(window=(ANATOMY_CPU.window[0], float(args.window_high)))
 
 
 def cmd_holdout(args) -> int:
@@ -48,7 +58,7 @@ def cmd_fit(args) -> int:
     import torch
 
     from train.fit import fit
-    from train.recipe import ANATOMY_CPU
+    from train.prepared import check_window
 
     out = Path(args.out)
     load_new = new_cases_loader(out)
@@ -63,13 +73,14 @@ def cmd_fit(args) -> int:
         changes["epochs"] = args.epochs
     if args.learning_rate:
         changes["learning_rate"] = args.learning_rate
-    recipe = ANATOMY_CPU.replace(**changes)
+    recipe = anatomy_recipe(args).replace(**changes)
     run = out / args.run_name
     snapshots = run / "snapshots"
     snapshots.mkdir(parents=True, exist_ok=True)
 
     def on_epoch_end(model, record) -> None:
         fresh = load_new(seen)
+        check_window(fresh, recipe.window)
         cases.extend(fresh)
         torch.save(model.state_dict(), snapshots / f"epoch-{int(record['epoch']):03d}.pt")
         print(json.dumps({**{k: v for k, v in record.items() if not isinstance(v, (list, dict))},
@@ -225,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--per-annotation", type=int, default=3)
     p.add_argument("--first", type=int, default=0)
+    p.add_argument("--window-high", type=float, help=WINDOW_HIGH_HELP)
     p.add_argument("--severe-share", type=float, default=SEVERE_SHARE,
                    help=f"share of the cases forced severe (default {SEVERE_SHARE})")
     p.set_defaults(run=cmd_render)
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", dest="run_name", default="run", help="run folder under OUT (a new one for a new recipe)")
     p.add_argument("--epochs", type=int, help="epochs of 100 steps (the preset's 20 unless given)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (the preset's 4e-4 unless given)")
+    p.add_argument("--window-high", type=float, help=WINDOW_HIGH_HELP)
     p.set_defaults(run=cmd_fit)
     p = sub.add_parser("export", help="a run snapshot as a weights file")
     p.add_argument("--out", required=True)

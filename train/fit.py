@@ -35,7 +35,7 @@ from train.augment import random_affine
 from train.distributed import SINGLE, DistributedContext, all_reduce_max, all_reduce_mean, barrier
 from train.loader import BagFeed
 from train.objective import loss_figures, objective
-from train.prepared import PreparedCase
+from train.prepared import PreparedCase, check_window
 from train.recipe import Recipe
 
 log = structlog.get_logger()
@@ -143,6 +143,7 @@ def fit(
     to that list take part from the next epoch on."""
     if not cases:
         raise ValueError("no training cases: the dataset is empty")
+    check_window(cases, recipe.window)
     device = torch.device(device)
     out_dir = Path(out_dir)
     if world.is_main:
@@ -182,7 +183,7 @@ def fit(
         log.info("resumed", epoch=start_epoch, step=step)
 
     elif recipe.init_from:
-        model.load_state_dict(initial_state(recipe.init_from))
+        model.load_state_dict(initial_state(recipe.init_from, recipe.window))
         log.info("initialised", source=str(recipe.init_from))
 
     net: torch.nn.Module = model
@@ -305,9 +306,21 @@ def fit(
     return FitResult(model=model, history=history, selected_epoch=selected_epoch, steps=step, out_dir=out_dir)
 
 
-def initial_state(source: str | Path) -> dict[str, torch.Tensor]:
+def initial_state(source: str | Path, window: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
     """The state dict to start from: an m2unet weights file, a ``checkpoint.pt``, or a run folder
-    (its ``checkpoint.pt``)."""
+    (its ``checkpoint.pt``). With ``window`` (low, high HU) the first convolution is carried over
+    from the window the source was trained with (:mod:`train.rewindow`); a bare state dict does
+    not say its window and is taken to have been trained with ``window``."""
+    state, source_window = _initial_state_and_window(source)
+    if window is not None and source_window is not None and tuple(source_window) != tuple(window):
+        from train.rewindow import rewindow_first_convolution
+
+        log.info("rewindowed", source=str(source), source_window=list(source_window), window=list(window))
+        state = rewindow_first_convolution(state, source_window, window)
+    return state
+
+
+def _initial_state_and_window(source: str | Path) -> tuple[dict[str, torch.Tensor], tuple[float, float] | None]:
     path = Path(source)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -317,11 +330,15 @@ def initial_state(source: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict) and payload.get("format") == "m2unet-weights":
         from m2unet.weights import load_weights
 
-        return load_weights(path).model.state_dict()
+        loaded = load_weights(path)
+        prep = loaded.metadata.preprocessing_config
+        return loaded.model.state_dict(), (prep.window_low, prep.window_high)
     if isinstance(payload, dict) and "model" in payload and isinstance(payload["model"], dict):
-        return payload["model"]
+        recipe = payload.get("recipe")
+        window = tuple(float(v) for v in recipe["window"]) if isinstance(recipe, dict) and "window" in recipe else None
+        return payload["model"], window
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return payload
+        return payload, None
     raise ValueError(f"init_from {str(source)!r}: not an m2unet weights file, checkpoint or state dict")
 
 

@@ -17,19 +17,23 @@ from m2unet.labels import NUM_CLASSES
 from m2unet.preprocessing import BodyBox, PreprocessingConfig, body_box, resample_in_plane, restore_in_plane_labels, window
 from m2unet.volume import Volume
 
+PAPER_WINDOW = (-1200.0, 0.0)  # Section III-F; also the window of caches written before it was recorded
+
 
 @dataclass
 class PreparedCase:
     """``image`` uint8 (z, y, x): the body region windowed to [0, 255] and resampled in-plane, as the
     predictor feeds the network; ``class_map`` uint8 of the same shape (the 7 classes of
     :class:`m2unet.labels.SegmentationClass`) or None where the case has no lobe masks; ``severe``
-    the label; ``spacing`` (x, y, z) mm of this grid."""
+    the label; ``spacing`` (x, y, z) mm of this grid; ``window`` (low, high) HU the image was
+    windowed with (training refuses a case of another window than its recipe's)."""
 
     case_id: str
     image: np.ndarray
     class_map: np.ndarray | None
     severe: bool
     spacing: tuple[float, float, float]
+    window: tuple[float, float] = PAPER_WINDOW
 
     @property
     def has_mask(self) -> bool:
@@ -87,7 +91,17 @@ def prepare_case(
         class_map=None if labels is None else np.ascontiguousarray(labels, dtype=np.uint8),
         severe=bool(severe),
         spacing=(sx, sy, sz),
+        window=(float(config.window_low), float(config.window_high)),
     )
+
+
+def check_window(cases: list[PreparedCase], window: tuple[float, float]) -> None:
+    """Refuse cases windowed otherwise than ``window`` (a cache rendered for another recipe)."""
+    wanted = tuple(float(v) for v in window)
+    for case in cases:
+        if tuple(case.window) != wanted:
+            raise ValueError(f"case {case.case_id} was windowed with {list(case.window)} HU, the recipe wants "
+                             f"{list(wanted)}: render the cases again for this window (another output folder)")
 
 
 def save_prepared(case: PreparedCase, path: str | Path) -> Path:
@@ -98,6 +112,7 @@ def save_prepared(case: PreparedCase, path: str | Path) -> Path:
         "severe": np.array(case.severe),
         "spacing": np.array(case.spacing, dtype=np.float64),
         "case_id": np.array(case.case_id),
+        "window": np.array(case.window, dtype=np.float64),
     }
     if case.class_map is not None:
         arrays["class_map"] = case.class_map
@@ -118,6 +133,7 @@ def load_prepared(path: str | Path) -> PreparedCase:
                 class_map=class_map,
                 severe=bool(data["severe"]),
                 spacing=tuple(float(s) for s in data["spacing"]),
+                window=tuple(float(v) for v in data["window"]) if "window" in data else PAPER_WINDOW,
             )
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: not a prepared case ({exc})") from None
