@@ -217,22 +217,17 @@ class OnnxRunner:
         options.enable_cpu_mem_arena = False
         network = network.float().to("cpu").to(memory_format=torch.contiguous_format).eval()
         c = WIDTH
-        examples = {
-            "trunk": ((torch.zeros(1, 1, 64, 64),), ["images"], ["e1", "e2", "d4"]),
-            "encoder": ((torch.zeros(1, 1, 32, 32),), ["patches"], ["embedding"]),
-        }
+        # (module, example inputs, input names, output names); the decoder's parts only where the
+        # weights have a decoder (the trunk runs decoding blocks 5 and 4: none in ``cls_only``)
+        exports = {"encoder": (Encoder(network), (torch.zeros(1, 1, 32, 32),), ["patches"], ["embedding"])}
         if network.has_decoder:
-            examples["block3"] = ((torch.zeros(1, c, 6, 6), torch.zeros(1, c, 8, 8)), ["part", "skip"], ["out"])
-            examples["head"] = ((torch.zeros(1, c, 6, 6), torch.zeros(1, c, 8, 8)), ["part", "skip"], ["labels"])
-        modules = {
-            "trunk": Trunk(network), "encoder": Encoder(network),
-            "block3": RegionBlock(network.decoding_block3) if network.has_decoder else None,
-            "head": Head(network) if network.has_decoder else None,
-        }
-        # the exporter leaves a module in the mode it found it in: eval, or batch norm would train
-        modules = {k: (v.eval() if v is not None else None) for k, v in modules.items()}
+            regions = (torch.zeros(1, c, 6, 6), torch.zeros(1, c, 8, 8))
+            exports["trunk"] = (Trunk(network), (torch.zeros(1, 1, 64, 64),), ["images"], ["e1", "e2", "d4"])
+            exports["block3"] = (RegionBlock(network.decoding_block3), regions, ["part", "skip"], ["out"])
+            exports["head"] = (Head(network), regions, ["part", "skip"], ["labels"])
         self.sessions = {}
-        for name, (args, inputs, outputs) in examples.items():
+        for name, (module, args, inputs, outputs) in exports.items():
+            module.eval()  # the exporter leaves a module in the mode it found it in: eval, or batch norm would train
             buffer = io.BytesIO()
             axes = {k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in inputs + outputs}
             if "labels" in axes:
@@ -240,7 +235,7 @@ class OnnxRunner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    modules[name], args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
+                    module, args, buffer, dynamo=False, input_names=inputs, output_names=outputs,
                     dynamic_axes=axes, opset_version=17,
                 )
             self.sessions[name] = (ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), inputs)

@@ -231,3 +231,19 @@ def test_onnxruntime_gives_the_torch_answer(weights, volume, prediction):
     lungs = lung_mask(volume)
     assert (result.raw_class_map[lungs] == prediction.raw_class_map[lungs]).mean() > 0.999
     assert result.probability_severe == pytest.approx(prediction.probability_severe, abs=1e-4)
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+@pytest.mark.parametrize("variant", ["cls_only", "seg_only"])
+def test_onnxruntime_runs_the_single_task_variants(tmp_path, volume, variant):
+    """The ablations' weights have one branch only; ONNX Runtime exports the parts they have."""
+    path, _ = small_weights(tmp_path / f"{variant}.pt", variant=variant)
+    torch_result = Predictor.from_weights(path, device="cpu", bags=1, options=TORCH).predict(volume, seed=3)
+    onnx = Predictor.from_weights(path, device="cpu", bags=1, options=InferenceOptions(runtime="onnxruntime"))
+    assert onnx.runner.name == "onnxruntime"
+    result = onnx.predict(volume, seed=3)
+    assert result.has_severity == (variant == "cls_only") and result.has_lobes == (variant == "seg_only")
+    if variant == "cls_only":
+        assert result.probability_severe == pytest.approx(torch_result.probability_severe, abs=1e-4)
+    else:
+        assert (result.lobe_map == torch_result.lobe_map).mean() > 0.999
