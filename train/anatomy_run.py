@@ -104,6 +104,8 @@ def cmd_export(args) -> int:
     if args.snapshot:
         model.load_state_dict(torch.load(args.snapshot, map_location="cpu", weights_only=True))
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    if args.measured:
+        metrics = {**card_metrics(json.loads(Path(args.measured).read_text())), **metrics}
     result = export_model(model.eval(), recipe, Path(args.to), version=args.version, training_data=TRAINING_DATA,
                           metrics=metrics, threshold=args.threshold, card_path=Path(args.to).with_suffix(".md"),
                           summary=args.summary, caution=args.caution)
@@ -190,6 +192,38 @@ def summarise(result: dict) -> dict:
     return summary
 
 
+def card_metrics(result: dict) -> dict:
+    """The model card's figures from one ``measure`` result (``OUT/measured-NAME.json``), so that
+    no figure on a shipped card is typed by hand."""
+    summary = summarise(result)
+    real = result["real_ct"]
+    anatomy, look = result["holdout-anatomy"], result.get("holdout-look", [])
+    metrics: dict = {"holdout_anatomy_cases": len(anatomy)}
+    for suffix in ("", "_layout_consistent"):
+        for key in LOBE_KEYS:
+            if key + suffix in summary:
+                metrics[f"holdout_anatomy_{key}{suffix}"] = summary[key + suffix]
+    metrics["holdout_anatomy_layout_consistent_cases"] = summary.get("layout_consistent_cases", 0)
+    if anatomy:
+        metrics["holdout_anatomy_worst_lobe_case"] = round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in anatomy)), 4)
+    if "auc_holdout_anatomy" in summary:
+        metrics["holdout_anatomy_auc"] = summary["auc_holdout_anatomy"]
+    metrics["holdout_look_crazy_paving_cases"] = len(look)
+    if "auc_crazy_paving" in summary:
+        metrics["crazy_paving_auc"] = summary["auc_crazy_paving"]
+    if "spearman_probability_vs_score_crazy_paving" in summary:
+        metrics["crazy_paving_spearman_probability_vs_ct_severity_score"] = summary[
+            "spearman_probability_vs_score_crazy_paving"]
+    metrics.update({
+        "real_ct_lobe_union_dice_vs_hu_lung_mask": real["lobe_union_dice_vs_hu_lung_mask"],
+        "real_ct_network_union_dice": real["network_union_dice_vs_hu_lung_mask"],
+        "real_ct_anatomy_checks_pass": bool(real["all_pass"]),
+        "real_ct_probability_severe": real["probability_severe"],
+        "real_ct_lobe_volumes_ml": real["lobe_volumes_ml"],
+    })
+    return metrics
+
+
 def cmd_measure(args) -> int:
     import torch
 
@@ -263,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="candidate")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--metrics", help="a JSON file of measured figures for the card")
+    p.add_argument("--measured", help="a measure result (OUT/measured-NAME.json) whose figures go on the card "
+                                      "(--metrics, when also given, adds to them and wins)")
     p.add_argument("--summary")
     p.add_argument("--caution", default="")
     p.set_defaults(run=cmd_export)
