@@ -17,19 +17,9 @@ from dicom_node.results.source import SourceSeries
 from dicom_node.results.uids import ResultKind, result_identity
 from m2unet.labels import Lobe
 from tests.support.paths import REAL_CT
-from tests.support.results_data import CREATED, SEGIMAGE2ITKIMAGE, dciodvfy_errors, real_ct_case, run_tool
+from tests.support.results_data import CREATED, SEGIMAGE2ITKIMAGE, dciodvfy_errors, run_tool
 
 pytestmark = pytest.mark.skipif(not REAL_CT.exists(), reason="shared/data/real-ct is absent")
-
-
-@pytest.fixture(scope="module")
-def case():
-    return real_ct_case()
-
-
-@pytest.fixture(scope="module")
-def written(case, tmp_path_factory):
-    return write_result_set(case.result_set, tmp_path_factory.mktemp("results"))
 
 
 def test_codes_match_pydicom_dictionary():

@@ -7,24 +7,13 @@ import json
 import pytest
 
 from dicom_node.results import codes
-from dicom_node.results.build import write_result_set
 from dicom_node.results.sr import device_uid
 from dicom_node.results.uids import ResultKind
 from m2unet.labels import Lobe
 from tests.support.paths import REAL_CT
-from tests.support.results_data import TID1500READER, dciodvfy_errors, real_ct_case, run_tool
+from tests.support.results_data import TID1500READER, dciodvfy_errors, run_tool
 
 pytestmark = pytest.mark.skipif(not REAL_CT.exists(), reason="shared/data/real-ct is absent")
-
-
-@pytest.fixture(scope="module")
-def case():
-    return real_ct_case()
-
-
-@pytest.fixture(scope="module")
-def written(case, tmp_path_factory):
-    return write_result_set(case.result_set, tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="module")
