@@ -28,6 +28,7 @@ import structlog
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from m2unet.device import cpu_native_bfloat16
 from m2unet.losses import Losses
 from m2unet.model import M2UNet
 from m2unet.preprocessing import PreprocessingConfig
@@ -94,12 +95,21 @@ class FitResult:
     out_dir: Path | None = None
 
 
-def _autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager:
+def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """float16 on CUDA (``amp``); bfloat16 on the CPU (``cpu_bfloat16``) where the CPU has its
+    kernels (:func:`m2unet.device.cpu_native_bfloat16`), float32 (None) otherwise."""
     if device.type == "cuda" and recipe.amp:
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.float16
     if device.type == "cpu" and recipe.cpu_bfloat16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        if cpu_native_bfloat16():
+            return torch.bfloat16
+        log.warning("cpu_bfloat16_unavailable", reason="this CPU has no AVX-512 or AMX bfloat16 kernels, "
+                    "where bfloat16 runs many times slower than float32", training_in="float32")
+    return None
+
+
+def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _summed(running: Losses | None, terms: Losses) -> Losses:
@@ -157,6 +167,7 @@ def fit(
         model = model.to(memory_format=torch.channels_last)  # faster with oneDNN, as the predictor runs it
     optimizer = make_optimizer(recipe, model, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and recipe.amp)
+    autocast_dtype = _autocast_dtype(recipe, device)  # once: the CPU probe and its warning
     per_epoch = steps_per_epoch(recipe, len(cases), world.world_size)
     total_steps = per_epoch * recipe.epochs
     lr = recipe.learning_rate
@@ -251,7 +262,7 @@ def fit(
                 lr = poly_learning_rate(recipe, round(done_fraction * total_steps), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with _autocast(recipe, device):
+                with _autocast(autocast_dtype, device):
                     output = net(images)
                 terms = objective(output, batch.severity, targets, batch.has_mask, recipe.mil_weight)
                 optimizer.zero_grad(set_to_none=True)

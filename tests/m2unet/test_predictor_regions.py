@@ -94,9 +94,11 @@ def test_nested_decoder_equals_the_whole_forward_inside_its_boxes(network):
     np.testing.assert_array_equal(whole[decided], expected[decided])
 
 
-def test_bfloat16_trunk_keeps_nearly_every_label_and_is_a_cpu_torch_option(network):
+def test_bfloat16_trunk_keeps_nearly_every_label_and_is_a_cpu_torch_option(network, monkeypatch):
+    from m2unet import runners
     from m2unet.runners import make_runner
 
+    monkeypatch.setattr(runners, "cpu_native_bfloat16", lambda: True)  # the numerics, on any CPU
     generator = torch.Generator().manual_seed(7)
     images = torch.rand(2, 1, 96, 128, generator=generator).numpy() * 255.0
     with torch.inference_mode():
@@ -113,3 +115,15 @@ def test_bfloat16_trunk_keeps_nearly_every_label_and_is_a_cpu_torch_option(netwo
     assert (fast == exact)[clear].mean() > 0.98  # bfloat16 keeps 8 bits of mantissa
     with pytest.raises(ValueError, match="CPU option"):
         make_runner(network, cpu, "onnxruntime", True, bfloat16_trunk=True)
+
+
+def test_bfloat16_trunk_is_dropped_with_a_warning_where_the_cpu_has_no_bfloat16_kernels(network, monkeypatch):
+    from m2unet import runners
+
+    monkeypatch.setattr(runners, "cpu_native_bfloat16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no AVX-512 or AMX bfloat16"):
+        runner = runners.make_runner(network, torch.device("cpu"), "torch", True, bfloat16_trunk=True)
+    assert runner.bfloat16_trunk is False
+    images = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(3)).numpy() * 255.0
+    exact = segment_region(runners.make_runner(network, torch.device("cpu"), "torch", True), images, (0, 96, 0, 128))
+    np.testing.assert_array_equal(segment_region(runner, images, (0, 96, 0, 128)), exact)  # float32 throughout

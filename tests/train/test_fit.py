@@ -108,3 +108,21 @@ def test_time_budget_ends_the_schedule_and_the_run(tmp_path, tiny):
     assert state["epoch"] == 1000 and state["trained_seconds"] >= 1.2
     again = fit(recipe, tiny[:2], tmp_path, progress=False)  # a finished run resumes as finished
     assert again.steps == result.steps
+
+
+def test_cpu_bfloat16_only_where_the_cpu_has_bfloat16_kernels(monkeypatch):
+    from structlog.testing import capture_logs
+
+    from train import fit as fit_module
+
+    cpu = torch.device("cpu")
+    asked = SMOKE.replace(cpu_bfloat16=True)
+    monkeypatch.setattr(fit_module, "cpu_native_bfloat16", lambda: True)
+    assert fit_module._autocast_dtype(asked, cpu) is torch.bfloat16
+    assert fit_module._autocast_dtype(SMOKE, cpu) is None  # not asked
+    monkeypatch.setattr(fit_module, "cpu_native_bfloat16", lambda: False)
+    with capture_logs() as logs:
+        assert fit_module._autocast_dtype(asked, cpu) is None  # AVX2 only: float32, many times faster there
+    assert [entry["event"] for entry in logs] == ["cpu_bfloat16_unavailable"]
+    with fit_module._autocast(None, cpu):
+        assert not torch.is_autocast_enabled("cpu")
