@@ -192,6 +192,11 @@ def summarise(result: dict) -> dict:
     return summary
 
 
+def worst_lobe(rows: list[dict]) -> float:
+    """The lowest lobe Dice of any lobe in any of the renders."""
+    return round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in rows)), 4)
+
+
 def card_metrics(result: dict) -> dict:
     """The model card's figures from one ``measure`` result (``OUT/measured-NAME.json``), so that
     no figure on a shipped card is typed by hand."""
@@ -205,7 +210,7 @@ def card_metrics(result: dict) -> dict:
                 metrics[f"holdout_anatomy_{key}{suffix}"] = summary[key + suffix]
     metrics["holdout_anatomy_layout_consistent_cases"] = summary.get("layout_consistent_cases", 0)
     if anatomy:
-        metrics["holdout_anatomy_worst_lobe_case"] = round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in anatomy)), 4)
+        metrics["holdout_anatomy_worst_lobe_case"] = worst_lobe(anatomy)
     if "auc_holdout_anatomy" in summary:
         metrics["holdout_anatomy_auc"] = summary["auc_holdout_anatomy"]
     metrics["holdout_look_crazy_paving_cases"] = len(look)
@@ -250,7 +255,7 @@ def compare(results: dict[str, dict]) -> dict:
         rows = [r for r in data["holdout-anatomy"] if r["case"] in common]
         table[name] = {key: round(float(np.mean([r[key] for r in rows])), 4) for key in LOBE_KEYS}
         table[name]["summary"] = summarise(data)
-        table[name]["worst_lobe_case"] = round(float(min(min(r[k] for k in LOBE_KEYS[1:]) for r in rows)), 4)
+        table[name]["worst_lobe_case"] = worst_lobe(rows)
         table[name]["real_ct_checks_pass"] = data["real_ct"]["all_pass"]
         table[name]["real_ct_probability_severe"] = data["real_ct"]["probability_severe"]
     return {"cases": len(common), "mean": table}
