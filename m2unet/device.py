@@ -79,6 +79,9 @@ def precision_policy(device: torch.device) -> PrecisionPolicy:
     return PrecisionPolicy(device=device, autocast_dtype=None, channels_last=True)
 
 
+NO_NATIVE_BFLOAT16 = "this CPU has no AVX-512 or AMX bfloat16 kernels, where bfloat16 runs many times slower than float32"
+
+
 def cpu_native_bfloat16() -> bool:
     """Whether this CPU has oneDNN's bfloat16 kernels (AVX-512 or AMX), where bfloat16 autocast
     is faster than float32 rather than many times slower."""

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from m2unet.device import PrecisionPolicy, cpu_native_bfloat16, precision_policy
+from m2unet.device import NO_NATIVE_BFLOAT16, PrecisionPolicy, cpu_native_bfloat16, precision_policy
 from m2unet.model import WIDTH, DecodingBlock, M2UNet
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
@@ -277,8 +277,8 @@ def make_runner(
     if bfloat16_trunk and (device.type != "cpu" or runtime == "onnxruntime"):
         raise ValueError("bfloat16_trunk is a CPU option of the torch runtime (CUDA runs float16 throughout)")
     if bfloat16_trunk and not cpu_native_bfloat16():
-        warnings.warn("bfloat16_trunk dropped: this CPU has no AVX-512 or AMX bfloat16 kernels, where bfloat16 "
-                      "runs many times slower than float32; the trunk runs in float32", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"bfloat16_trunk dropped: {NO_NATIVE_BFLOAT16}; the trunk runs in float32", RuntimeWarning,
+                      stacklevel=2)
         bfloat16_trunk = False
     if runtime == "auto":
         onnx = device.type == "cpu" and onnxruntime_available() and not bfloat16_trunk

@@ -28,7 +28,7 @@ import structlog
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from m2unet.device import cpu_native_bfloat16
+from m2unet.device import NO_NATIVE_BFLOAT16, cpu_native_bfloat16
 from m2unet.losses import Losses
 from m2unet.model import M2UNet
 from m2unet.preprocessing import PreprocessingConfig
@@ -103,8 +103,7 @@ def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and recipe.cpu_bfloat16:
         if cpu_native_bfloat16():
             return torch.bfloat16
-        log.warning("cpu_bfloat16_unavailable", reason="this CPU has no AVX-512 or AMX bfloat16 kernels, "
-                    "where bfloat16 runs many times slower than float32", training_in="float32")
+        log.warning("cpu_bfloat16_unavailable", reason=NO_NATIVE_BFLOAT16, training_in="float32")
     return None
 
 
