@@ -39,6 +39,7 @@ weights there, with a message naming the variant.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -93,7 +94,11 @@ class InferenceOptions:
     default), ``onnxruntime`` (CPU only; 1.1-1.35x faster here, 3-6 s of export when the predictor
     is built) or ``auto`` (ONNX Runtime on the CPU when it is installed, else torch);
     ``bfloat16_trunk``: on the CPU with torch, the encoder and decoding blocks 5-4 in bfloat16
-    (faster where the CPU has BF16 units; labels change slightly, see the document).
+    (faster where the CPU has BF16 units; labels change slightly, see the document);
+    ``lung_reach_mm``: how far beyond the HU lung mask, in-plane and across slices, the decoder runs
+    and keeps labels (:func:`m2unet.regions.plan_slabs`' ``extra_margin`` and ``extra_slices``): the
+    threshold mask loses consolidated lung at the pleura and the base, the network does not (0: the
+    mask's own extent).
     """
 
     crop_margin: int | None = 96
@@ -105,8 +110,12 @@ class InferenceOptions:
     patch_batch: int = 50
     runtime: str = "torch"
     bfloat16_trunk: bool = False
+    lung_reach_mm: float = 20.0
 
     def __post_init__(self) -> None:
+        reach = self.lung_reach_mm
+        if isinstance(reach, bool) or not isinstance(reach, (int, float)) or not 0.0 <= reach < float("inf"):
+            raise ValueError(f"lung_reach_mm must be a finite number >= 0, got {reach!r}")
         for name in ("crop_margin", "decoder_margin"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -360,7 +369,10 @@ class Predictor:
         class_map = np.zeros(hu.shape, dtype=np.uint8)
         target = self.preprocessing.in_plane_spacing_mm
         spacing_xy = (float(volume.spacing[0]), float(volume.spacing[1]))
-        for slab in plan_slabs(lung_mask, self.options):
+        reach = self.options.lung_reach_mm
+        extra_margin = math.floor(reach / min(spacing_xy) + 1e-9)  # pixels within the reach
+        extra_slices = math.floor(reach / float(volume.spacing[2]) + 1e-9)
+        for slab in plan_slabs(lung_mask, self.options, extra_margin, extra_slices):
             z = list(slab.z)
             if target is None:
                 self._segment_native(hu, z, slab, class_map)

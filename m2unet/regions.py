@@ -56,24 +56,37 @@ def _clip(box: Box, outer: Box) -> Box:
     return (max(box[0], outer[0]), min(box[1], outer[1]), max(box[2], outer[2]), min(box[3], outer[3]))
 
 
-def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: int = 0) -> list[Slab]:
+def plan_slabs(
+    lung_mask: np.ndarray, options: InferenceOptions, extra_margin: int = 0, extra_slices: int = 0
+) -> list[Slab]:
     """Group the slices to segment into batches of consecutive slices with their windows.
 
     ``options`` (:class:`m2unet.predictor.InferenceOptions`): ``batch_size`` slices per slab,
     ``skip_empty_slices``, ``crop_margin`` (None: whole slices), ``decoder_margin`` (None: the
-    inner box is the whole window). ``extra_margin`` (pixels) widens the inner boxes beyond the
-    lungs, for a clean-up that keeps labels a little outside the lung mask."""
+    inner box is the whole window). ``extra_margin`` (pixels, in-plane) and ``extra_slices`` reach
+    beyond the mask: the boxes grow by ``extra_margin`` (the context crop with them), and a slice
+    within ``extra_slices`` of a slice with lung is segmented too, its boxes those of the lung in
+    the slices within that reach. The HU mask loses consolidated lung at the pleura and at the
+    base (``m2unet.lungs``); the reach keeps it inside the decoder's windows."""
+    if isinstance(extra_margin, bool) or not isinstance(extra_margin, (int, np.integer)) or extra_margin < 0:
+        raise ValueError(f"extra_margin must be a non-negative integer, got {extra_margin!r}")
+    if isinstance(extra_slices, bool) or not isinstance(extra_slices, (int, np.integer)) or extra_slices < 0:
+        raise ValueError(f"extra_slices must be a non-negative integer, got {extra_slices!r}")
     depth, height, width = lung_mask.shape
     full = (0, -(-height // DOWNSAMPLING) * DOWNSAMPLING, 0, -(-width // DOWNSAMPLING) * DOWNSAMPLING)
     rows = lung_mask.any(axis=2)  # (z, y)
     cols = lung_mask.any(axis=1)  # (z, x)
     has_lung = rows.any(axis=1)
-    slices = np.flatnonzero(has_lung) if options.skip_empty_slices else np.arange(depth)
+    lung_slices = np.flatnonzero(has_lung)
+    near_lung = np.zeros(depth, dtype=bool)
+    for k in lung_slices:
+        near_lung[max(0, k - extra_slices) : k + extra_slices + 1] = True
+    slices = np.flatnonzero(near_lung) if options.skip_empty_slices else np.arange(depth)
     slabs = []
     for start in range(0, len(slices), options.batch_size):
         group = slices[start : start + options.batch_size]
         z = tuple(int(k) for k in group)
-        lung = group[has_lung[group]]
+        lung = lung_slices[(np.abs(lung_slices[:, None] - group[None, :]) <= extra_slices).any(axis=1)]
         if len(lung) == 0:
             if options.crop_margin is None:
                 slabs.append(Slab(z, full, (full,)))
@@ -84,7 +97,8 @@ def plan_slabs(lung_mask: np.ndarray, options: InferenceOptions, extra_margin: i
         if options.crop_margin is None:
             outer = full
         else:
-            outer = (*_aligned(y_lo, y_hi, options.crop_margin, height), *_aligned(x_lo, x_hi, options.crop_margin, width))
+            c = options.crop_margin + extra_margin
+            outer = (*_aligned(y_lo, y_hi, c, height), *_aligned(x_lo, x_hi, c, width))
         if options.decoder_margin is None:
             slabs.append(Slab(z, outer, (outer,)))
             continue

@@ -84,9 +84,13 @@ def test_lobes_only_inside_the_lungs_the_network_paints(prediction, volume):
     raw = prediction.raw_class_map
     assert not prediction.lobe_map[~network_lungs(raw)].any()
     assert prediction.lung_slices == int(lungs.any(axis=(1, 2)).sum())
-    # the decoder ran on every slice with HU lung and nowhere without: slices without lung stay 0
-    assert not raw[~lungs.any(axis=(1, 2))].any()
-    assert not prediction.lobe_map[~lungs.any(axis=(1, 2))].any()
+    # the decoder ran on the slices with HU lung and those within its reach, nowhere else
+    reach = int(InferenceOptions().lung_reach_mm / volume.spacing[2] + 1e-9)  # slices within the reach
+    with_lung = np.flatnonzero(lungs.any(axis=(1, 2)))
+    beyond = np.ones(volume.shape[0], dtype=bool)
+    beyond[max(with_lung[0] - reach, 0) : with_lung[-1] + reach + 1] = False
+    assert not raw[beyond].any()
+    assert not prediction.lobe_map[beyond].any()
 
 
 def test_same_seed_same_answer(predictor, volume, prediction):
@@ -179,6 +183,24 @@ def test_fast_path_matches_the_plain_forward_inside_the_lungs(weights, volume, p
     fast = prediction.raw_class_map[slices]
     inside = lungs[slices]
     assert (fast[inside] == ref[inside]).mean() > 0.999
+
+
+def test_the_decoder_reaches_lung_the_hu_mask_loses(weights, volume):
+    """A basal slice consolidated throughout has no air, so the HU mask has no lung there; the
+    decoder still runs on it when it lies within ``lung_reach_mm`` of the mask, and not without the reach."""
+    lungs = lung_mask(volume)
+    base = int(np.flatnonzero(lungs.any(axis=(1, 2)))[-1])
+    hu = volume.hu.copy()
+    hu[base][lungs[base]] = 0  # consolidation (0 HU) in place of the aerated lung
+    consolidated = Volume(hu=hu, spacing=volume.spacing, origin=volume.origin)
+    assert not lung_mask(consolidated)[base].any()
+    answers = {}
+    for reach in (0.0, volume.spacing[2] + 1.0):  # none; one slice
+        options = dataclasses.replace(TORCH, lung_reach_mm=reach)
+        predictor = Predictor.from_weights(weights[0], device="cpu", bags=1, options=options)
+        answers[reach] = predictor.predict(consolidated, seed=7, keep_raw=True).raw_class_map[base]
+    assert not answers[0.0].any()
+    assert answers[volume.spacing[2] + 1.0].any()
 
 
 def test_int16_and_float_volumes_give_the_same_answer(predictor, volume, prediction):

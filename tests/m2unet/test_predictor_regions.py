@@ -21,6 +21,13 @@ def two_lungs(depth=6, height=200, width=240) -> np.ndarray:
     return mask
 
 
+def covered_by(slab, shape=(200, 240)) -> np.ndarray:
+    covered = np.zeros(shape, dtype=bool)
+    for y0, y1, x0, x1 in slab.inner:
+        covered[y0:y1, x0:x1] = True
+    return covered
+
+
 def test_slabs_skip_slices_without_lung_and_hold_the_lungs():
     mask = two_lungs()
     options = InferenceOptions(crop_margin=32, decoder_margin=4, batch_size=2)
@@ -33,9 +40,7 @@ def test_slabs_skip_slices_without_lung_and_hold_the_lungs():
         for y0, y1, x0, x1 in slab.inner:
             assert all(v % 2 == 0 for v in (y0, y1, x0, x1))
             assert oy0 <= y0 < y1 <= oy1 and ox0 <= x0 < x1 <= ox1
-        covered = np.zeros(mask.shape[1:], dtype=bool)
-        for y0, y1, x0, x1 in slab.inner:
-            covered[y0:y1, x0:x1] = True
+        covered = covered_by(slab)
         lungs = mask[list(slab.z)].any(axis=0)
         grown = np.zeros_like(lungs)  # the lungs grown by the decoder margin, inside the image
         ys, xs = np.nonzero(lungs)
@@ -46,6 +51,33 @@ def test_slabs_skip_slices_without_lung_and_hold_the_lungs():
     # the mediastinum is wide enough: two boxes, and the gap between the lungs is left out
     assert len(slabs[-1].inner) == 2
     assert all(not (x0 < 125 < x1) for _, _, x0, x1 in slabs[-1].inner)
+
+
+def test_the_reach_takes_in_neighbouring_slices_and_grows_the_boxes():
+    """Consolidated lung the HU mask loses (at the base, along the pleura) stays in the windows."""
+    mask = two_lungs()  # right lung in slices 1-4, left lung in 2-4
+    options = InferenceOptions(crop_margin=32, decoder_margin=4, batch_size=1)
+    plain = {slab.z[0]: slab for slab in plan_slabs(mask, options)}
+    reached = {slab.z[0]: slab for slab in plan_slabs(mask, options, extra_margin=10, extra_slices=1)}
+    assert sorted(plain) == [1, 2, 3, 4] and sorted(reached) == [0, 1, 2, 3, 4, 5]
+    assert reached[5].inner == reached[4].inner  # slice 5 takes the boxes of the lung one slice away
+    assert not covered_by(reached[0])[:, 150:].any()  # slice 0 reaches slice 1: the right lung only
+    assert covered_by(reached[1])[70:140, 150:215].all()  # slice 1 reaches slice 2: the left lung too
+    assert not covered_by(plain[1])[:, 150:].any()
+    for z, slab in plain.items():
+        grown = np.zeros((200, 240), dtype=bool)
+        for y0, y1, x0, x1 in slab.inner:
+            grown[max(y0 - 10, 0) : y1 + 10, max(x0 - 10, 0) : x1 + 10] = True
+        assert covered_by(reached[z])[grown].all()
+    with pytest.raises(ValueError, match="extra_slices"):
+        plan_slabs(mask, options, extra_slices=-1)
+
+
+def test_lung_reach_must_be_a_finite_distance():
+    with pytest.raises(ValueError, match="lung_reach_mm"):
+        InferenceOptions(lung_reach_mm=-1.0)
+    with pytest.raises(ValueError, match="lung_reach_mm"):
+        InferenceOptions(lung_reach_mm=float("nan"))
 
 
 def test_whole_slices_when_cropping_is_off():
