@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--runtime", default=None, help="auto | torch | onnxruntime")
     parser.add_argument("--bfloat16-trunk", action="store_true", help="CPU: the trunk in bfloat16")
+    parser.add_argument("--lung-reach-mm", type=float, default=None,
+                        help="how far beyond the HU lung mask the decoder runs (default: the predictor's)")
     parser.add_argument("--compare-device", default=None,
                         help="also predict on this device (e.g. cpu with --device cuda): its stages and the lobe Dice")
     parser.add_argument("--no-cleanup-check", action="store_true",
@@ -323,6 +325,7 @@ def options_for(device: torch.device, args: argparse.Namespace) -> InferenceOpti
         patch_batch=defaults.patch_batch,
         runtime=runtime,
         bfloat16_trunk=args.bfloat16_trunk and device.type == "cpu",
+        lung_reach_mm=defaults.lung_reach_mm if args.lung_reach_mm is None else args.lung_reach_mm,
     )
 
 

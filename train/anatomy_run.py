@@ -118,7 +118,8 @@ TRAINING_DATA = (
     "Tang et al. 2019, CC BY-NC-SA 4.0; m2unet.phantoms): elastic warps of each real chest with a synthetic body, "
     "vessel trees, five lesion looks (ground glass, consolidation, mixed, nodular, band) and randomised appearance "
     "(tissue HU with and without contrast, kernel, noise, slice thickness 0.625-8 mm); fine-tuned from the 0.2.0 "
-    "weights (procedural phantoms). Eight annotations and the crazy-paving look were held out."
+    "weights (procedural phantoms), then carried to the window [-1200, 400] HU (train.rewindow) and fine-tuned "
+    "there. Eight annotations and the crazy-paving look were held out."
 )
 
 

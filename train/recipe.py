@@ -224,6 +224,7 @@ GPU_DEMO = Recipe(
 # torch threads (the renderer shares the machine only at the start).
 ANATOMY_CPU = CPU_DEMO.replace(
     preset="anatomy-cpu",
+    window=(-1200.0, 400.0),  # wider than the paper's: consolidation against the chest wall (docs/real-anatomy.md)
     learning_rate=4e-4,
     warmup_steps=20,
     mil_weight=0.2,
